@@ -1,0 +1,8 @@
+"""The Infini-Transformer (Flax NNX)."""
+
+from infini_jax.model.config import ModelConfig
+from infini_jax.model.transformer import (InfiniTransformer, merge_segments, scan_segments,
+                                          split_segments, stack_layers, unstack_layers)
+
+__all__ = ["ModelConfig", "InfiniTransformer", "scan_segments", "split_segments", "merge_segments",
+           "stack_layers", "unstack_layers"]

@@ -1,0 +1,105 @@
+"""The model's configuration: plain data, validated on construction; gin binds it at the boundary."""
+
+import dataclasses
+
+import jax.numpy as jnp
+
+MEMORY_KINDS = ("infini", "none")
+REMAT_POLICIES = ("segment", "segment_and_layer", "none")
+ATTENTION_IMPLS = ("xla", "cudnn", "reference")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """A decoder-only Infini-Transformer.
+
+  Attributes:
+    vocab_size: number of token ids (the ByteVocabulary needs 259).
+    num_layers, d_model, num_heads, num_kv_heads, mlp_dim: the usual sizes; query heads are grouped
+      ``num_heads // num_kv_heads`` to a key/value head (GQA).
+    head_dim: per-head size; None means ``d_model // num_heads``.
+    segment_len: tokens per segment N; the local attention sees one segment, the memory the rest.
+    memory: "infini" (Infini-attention) or "none" (local-only baseline: same parameters minus beta).
+    update_rule: "linear" (eq. 8) or "delta" (eq. 9).
+    dtype: compute dtype, "float32" or "bfloat16"; parameters and the memory stay float32.
+    gate_init: initial value of every gate beta (sigmoid(beta) is the weight of the memory read).
+    remat: "segment" (recompute each segment in the backward pass), "segment_and_layer" (also each
+      layer inside it), or "none".
+    attention_impl: local-path kernel: "xla" (jax.nn.dot_product_attention's XLA path), "cudnn"
+      (cuDNN flash attention, GPU only), or "reference" (plain einsum softmax).
+    rope_theta: RoPE base frequency.
+    norm_eps: RMSNorm epsilon.
+    tie_embeddings: use the embedding matrix as the output projection.
+  """
+
+  vocab_size: int = 259
+  num_layers: int = 2
+  d_model: int = 64
+  num_heads: int = 4
+  num_kv_heads: int = 2
+  head_dim: int | None = None
+  mlp_dim: int = 256
+  segment_len: int = 64
+  memory: str = "infini"
+  update_rule: str = "linear"
+  dtype: str = "float32"
+  gate_init: float = 0.0
+  remat: str = "segment"
+  attention_impl: str = "xla"
+  rope_theta: float = 10_000.0
+  norm_eps: float = 1e-6
+  tie_embeddings: bool = False
+
+  def __post_init__(self):
+    def one_of(key, value, allowed):
+      if value not in allowed:
+        raise ValueError(f"ModelConfig.{key}={value!r} is not one of {', '.join(map(str, allowed))}")
+
+    one_of("memory", self.memory, MEMORY_KINDS)
+    one_of("update_rule", self.update_rule, ("linear", "delta"))
+    one_of("remat", self.remat, REMAT_POLICIES)
+    one_of("attention_impl", self.attention_impl, ATTENTION_IMPLS)
+    one_of("dtype", self.dtype, tuple(DTYPES))
+    for key in ("vocab_size", "num_layers", "d_model", "num_heads", "num_kv_heads", "mlp_dim",
+                "segment_len"):
+      if getattr(self, key) <= 0:
+        raise ValueError(f"ModelConfig.{key}={getattr(self, key)} must be positive")
+    if self.head_dim is None and self.d_model % self.num_heads:
+      raise ValueError(
+          f"d_model={self.d_model} is not divisible by num_heads={self.num_heads}; change one of "
+          f"them or set head_dim explicitly")
+    if self.num_heads % self.num_kv_heads:
+      raise ValueError(
+          f"num_heads={self.num_heads} is not divisible by num_kv_heads={self.num_kv_heads}; "
+          f"each key/value head must serve the same number of query heads")
+    if self.dim_per_head % 2:
+      raise ValueError(f"head dimension {self.dim_per_head} must be even for RoPE; set head_dim")
+
+  @property
+  def dim_per_head(self) -> int:
+    return self.head_dim if self.head_dim is not None else self.d_model // self.num_heads
+
+  @property
+  def group_size(self) -> int:
+    """Query heads per key/value head."""
+    return self.num_heads // self.num_kv_heads
+
+  @property
+  def compute_dtype(self):
+    return DTYPES[self.dtype]
+
+  def num_segments(self, seq_len: int) -> int:
+    """Segments in a sequence of ``seq_len`` tokens; raises unless seq_len is a multiple of N."""
+    if seq_len <= 0 or seq_len % self.segment_len:
+      raise ValueError(
+          f"sequence length {seq_len} is not a multiple of segment_len {self.segment_len}; set "
+          f"SEQ_LEN to a multiple of {self.segment_len} (or change SEGMENT_LEN)")
+    return seq_len // self.segment_len
+
+  def memory_state_size(self) -> int:
+    """Numbers in the compressive memory of one sequence: d_key x (d_value + 1) x H_kv x L."""
+    if self.memory == "none":
+      return 0
+    d = self.dim_per_head
+    return d * (d + 1) * self.num_kv_heads * self.num_layers

@@ -1,0 +1,87 @@
+"""Building blocks of the decoder: parameters with logical axes, RMSNorm, SwiGLU, embeddings, RoPE."""
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from infini_jax.model.config import ModelConfig
+from infini_jax.sharding import constrain
+
+
+def param(rngs: nnx.Rngs, init, shape, logical_axes) -> nnx.Param:
+  """A float32 parameter whose dimensions are named by ``logical_axes`` (see sharding.py)."""
+  if len(shape) != len(logical_axes):
+    raise ValueError(f"parameter of shape {shape} needs {len(shape)} logical axes, got {logical_axes}")
+  return nnx.Param(init(rngs.params(), shape, jnp.float32), logical_axes=tuple(logical_axes))
+
+
+def fan_in_init(fan_in_axes: int):
+  """Lecun-normal initialiser whose fan-in is the product of the first ``fan_in_axes`` dims."""
+  return nnx.initializers.variance_scaling(
+      1.0, "fan_in", "truncated_normal", in_axis=tuple(range(fan_in_axes)),
+      out_axis=-1)
+
+
+class RMSNorm(nnx.Module):
+  """``x / rms(x) * scale`` over the last axis, computed in float32."""
+
+  def __init__(self, dim: int, eps: float, *, rngs: nnx.Rngs):
+    self.scale = param(rngs, nnx.initializers.ones, (dim,), ("embed",))
+    self.eps = eps
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x32 = x.astype(jnp.float32)
+    x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+    return (x32 * self.scale[...]).astype(x.dtype)
+
+
+class SwiGLU(nnx.Module):
+  """``(silu(x W_gate) * x W_up) W_down``; x ``[batch, seq, d_model]``."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    init = fan_in_init(1)
+    self.w_gate = param(rngs, init, (cfg.d_model, cfg.mlp_dim), ("embed", "mlp"))
+    self.w_up = param(rngs, init, (cfg.d_model, cfg.mlp_dim), ("embed", "mlp"))
+    self.w_down = param(rngs, init, (cfg.mlp_dim, cfg.d_model), ("mlp", "embed"))
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    dtype = x.dtype
+    gate = x @ self.w_gate[...].astype(dtype)
+    up = x @ self.w_up[...].astype(dtype)
+    hidden = constrain(jax.nn.silu(gate) * up, ("batch", "seq", "mlp"))
+    return hidden @ self.w_down[...].astype(dtype)
+
+
+class Embed(nnx.Module):
+  """Token embedding ``[vocab, d_model]``; ``attend`` reuses it as the output projection."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    # Tied, the matrix is also the output projection: scale it so initial logits are O(1).
+    stddev = cfg.d_model ** -0.5 if cfg.tie_embeddings else 1.0
+    self.embedding = param(rngs, nnx.initializers.normal(stddev), (cfg.vocab_size, cfg.d_model),
+                           ("vocab", "embed"))
+
+  def __call__(self, tokens: jax.Array, dtype) -> jax.Array:
+    """``tokens [batch, seq]`` int -> ``[batch, seq, d_model]``."""
+    return jnp.take(self.embedding[...], tokens, axis=0).astype(dtype)
+
+  def attend(self, x: jax.Array) -> jax.Array:
+    """``x [batch, seq, d_model]`` -> float32 logits ``[batch, seq, vocab]``."""
+    return jnp.einsum("bsd,vd->bsv", x, self.embedding[...].astype(x.dtype),
+                      preferred_element_type=jnp.float32)
+
+
+def rope(x: jax.Array, theta: float) -> jax.Array:
+  """Rotary position embedding (rotate-half layout) at positions 0..seq-1 of the segment.
+
+  ``x [batch, seq, heads, head_dim]``. Local attention only depends on relative positions, so
+  positions restart in every segment without changing the scores.
+  """
+  seq, head_dim = x.shape[1], x.shape[3]
+  inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+  angles = jnp.arange(seq, dtype=jnp.float32)[:, None] * inv_freq[None, :]   # [seq, head_dim/2]
+  angles = jnp.concatenate([angles, angles], axis=-1)[None, :, None, :]
+  x32 = x.astype(jnp.float32)
+  half = head_dim // 2
+  rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], axis=-1)
+  return (x32 * jnp.cos(angles) + rotated * jnp.sin(angles)).astype(x.dtype)

@@ -1,0 +1,170 @@
+"""The Infini-Transformer: a decoder whose segments are driven by ``jax.lax.scan``.
+
+The compressive memory of every layer is the explicit carry of the segment scan, never module
+state. Inside one segment step the layer stack runs as a second scan over stacked block parameters,
+so compile time depends neither on the number of segments nor on depth.
+
+Memory formats: callers see a tuple with one :class:`memory.Memory` per layer (``()`` for the
+``memory="none"`` baseline); inside the scans it is one ``Memory`` whose arrays have a leading
+``layers`` axis.
+"""
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from infini_jax import memory as mem
+from infini_jax.model.attention import InfiniAttention
+from infini_jax.model.config import ModelConfig
+from infini_jax.model.layers import Embed, RMSNorm, SwiGLU, fan_in_init, param
+from infini_jax.sharding import constrain
+
+LayerMemories = tuple  # tuple[mem.Memory, ...], one per layer; () without memory
+
+_REMAT_SEGMENT = ("segment", "segment_and_layer")
+
+
+class Block(nnx.Module):
+  """Pre-norm residual block: ``x + attn(norm(x))``, then ``x + mlp(norm(x))``."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps, rngs=rngs)
+    self.attn = InfiniAttention(cfg, rngs=rngs)
+    self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps, rngs=rngs)
+    self.mlp = SwiGLU(cfg, rngs=rngs)
+
+  def __call__(self, x: jax.Array, memory: mem.Memory | None):
+    attended, memory = self.attn(self.attn_norm(x), memory)
+    x = x + attended
+    x = x + self.mlp(self.mlp_norm(x))
+    return constrain(x, ("batch", "seq", "embed")), memory
+
+
+def _stacked_blocks(cfg: ModelConfig, rngs: nnx.Rngs) -> Block:
+  """``num_layers`` blocks whose parameters are stacked on a leading ``layers`` axis."""
+
+  @nnx.split_rngs(splits=cfg.num_layers)
+  @nnx.vmap(in_axes=(0,), out_axes=0,
+            transform_metadata={nnx.PARTITION_NAME: "layers", "logical_axes": "layers"})
+  def create(rngs):
+    return Block(cfg, rngs=rngs)
+
+  return create(rngs)
+
+
+class InfiniTransformer(nnx.Module):
+  """Decoder-only LM with Infini-attention in every layer (or none, for the baseline).
+
+  ``model(tokens [batch, segments * segment_len], memory=None) -> (logits [batch, seq, vocab], memory)``
+  Feeding a sequence in segment-aligned pieces, passing the memory along, gives the same logits as
+  one call.
+  """
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    self.embed = Embed(cfg, rngs=rngs)
+    self.blocks = _stacked_blocks(cfg, rngs)
+    self.final_norm = RMSNorm(cfg.d_model, cfg.norm_eps, rngs=rngs)
+    if not cfg.tie_embeddings:
+      self.unembed = param(rngs, fan_in_init(1), (cfg.d_model, cfg.vocab_size), ("embed", "vocab"))
+
+  def init_memory(self, batch: int) -> LayerMemories:
+    """An empty memory for every layer: a tuple of ``num_layers`` float32 :class:`Memory`."""
+    cfg = self.cfg
+    if cfg.memory == "none":
+      return ()
+    d = cfg.dim_per_head
+    return tuple(mem.init_memory(batch, cfg.num_kv_heads, d, d) for _ in range(cfg.num_layers))
+
+  def logits(self, h: jax.Array) -> jax.Array:
+    """Final hidden states ``[batch, seq, d_model]`` -> float32 logits ``[batch, seq, vocab]``."""
+    if self.cfg.tie_embeddings:
+      return self.embed.attend(h)
+    return jnp.einsum("bsd,dv->bsv", h, self.unembed[...].astype(h.dtype),
+                      preferred_element_type=jnp.float32)
+
+  def run_layers(self, x: jax.Array, memory: mem.Memory | None):
+    """One segment through the layer stack: a scan over the stacked blocks.
+
+    ``x [batch, seg, d_model]``; ``memory`` stacked over layers (or None) -> (x, new memory).
+    """
+    graphdef, state = nnx.split(self.blocks)
+
+    def layer(x, layer_inputs):
+      block_state, layer_memory = layer_inputs
+      return nnx.merge(graphdef, block_state)(x, layer_memory)
+
+    if self.cfg.remat == "segment_and_layer":
+      layer = jax.checkpoint(layer, prevent_cse=False)
+    return jax.lax.scan(layer, x, (state, memory))
+
+  def __call__(self, tokens: jax.Array, memory: LayerMemories | None = None):
+    outputs, memory = scan_segments(self, tokens, memory, lambda model, h, _: model.logits(h))
+    return merge_segments(outputs), memory
+
+
+def stack_layers(memories: LayerMemories) -> mem.Memory | None:
+  """Tuple of per-layer memories -> one Memory with a leading layers axis (None when empty)."""
+  if not memories:
+    return None
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *memories)
+
+
+def unstack_layers(memory: mem.Memory | None) -> LayerMemories:
+  """Inverse of :func:`stack_layers`."""
+  if memory is None:
+    return ()
+  return tuple(mem.Memory(M, z) for M, z in zip(memory.M, memory.z))
+
+
+def split_segments(x: jax.Array, segment_len: int) -> jax.Array:
+  """``[batch, segments * segment_len, ...]`` -> ``[segments, batch, segment_len, ...]``."""
+  b, t = x.shape[:2]
+  return x.reshape(b, t // segment_len, segment_len, *x.shape[2:]).swapaxes(0, 1)
+
+
+def merge_segments(x: jax.Array) -> jax.Array:
+  """Inverse of :func:`split_segments`."""
+  s, b, n = x.shape[:3]
+  return x.swapaxes(0, 1).reshape(b, s * n, *x.shape[3:])
+
+
+def scan_segments(model: InfiniTransformer, tokens: jax.Array, memory: LayerMemories | None,
+                  head: Callable[[InfiniTransformer, jax.Array, Any], Any], extras: Any = None):
+  """The segment recurrence: ``jax.lax.scan`` over segments with every layer's memory as carry.
+
+  Args:
+    model: the transformer.
+    tokens: ``[batch, segments * segment_len]`` int token ids.
+    memory: incoming per-layer memories (None: empty).
+    head: ``head(model, h, extras_segment)`` maps a segment's final hidden states
+      ``[batch, segment_len, d_model]`` to that segment's output (logits, a loss sum, ...).
+    extras: optional pytree of ``[batch, seq, ...]`` arrays split into segments alongside the
+      tokens and handed to ``head`` (targets, loss weights).
+
+  Returns:
+    (outputs stacked over segments ``[segments, ...]``, outgoing per-layer memories).
+  Gradients flow through the carry back to the first segment; with ``remat`` "segment" each
+  segment is recomputed in the backward pass so activation memory does not grow with segments.
+  """
+  cfg = model.cfg
+  batch, seq_len = tokens.shape
+  cfg.num_segments(seq_len)  # validates seq_len
+  if memory is None:
+    memory = model.init_memory(batch)
+  graphdef, state = nnx.split(model)
+
+  def segment_step(state, carry, xs):
+    segment_tokens, segment_extras = xs
+    model = nnx.merge(graphdef, state)
+    h = model.embed(segment_tokens, cfg.compute_dtype)
+    h, carry = model.run_layers(constrain(h, ("batch", "seq", "embed")), carry)
+    return carry, head(model, model.final_norm(h), segment_extras)
+
+  if cfg.remat in _REMAT_SEGMENT:
+    segment_step = jax.checkpoint(segment_step, prevent_cse=False)
+  xs = jax.tree.map(lambda x: split_segments(x, cfg.segment_len), (tokens, extras))
+  carry, outputs = jax.lax.scan(lambda c, x: segment_step(state, c, x), stack_layers(memory), xs)
+  return outputs, unstack_layers(carry)
