@@ -1,0 +1,364 @@
+"""Checkpoints: async orbax saves with our own checksums, restore that falls back past bad steps.
+
+Each step directory holds two orbax items: ``state`` (the train-state pytree, any sharding) and
+``meta`` (JSON: step, data position, and per array its path, shape, dtype and checksum). orbax does
+not notice flipped bits in array data, so :meth:`Checkpointer.restore` recomputes every checksum and
+treats a mismatch like a step that fails to load: warn, name the step, try the next-older one.
+
+The checksum is a function of the array's logical contents only, not of how it is sharded: per
+element, a 32-bit mix of its bits and its global flat index, summed modulo 2**32 (two lanes with
+different seeds, 64 bits in all). Integer addition is associative, so the on-device reduction gives
+the same value for every mesh and every reduction order; it runs as a jitted SPMD computation, so
+under multi-process each process contributes its own shards and all receive the replicated result
+(process 0 writes it). A checkpoint saved on 8 devices verifies when restored onto 2x4 or onto 1.
+"""
+
+import os
+import signal
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
+
+FORMAT = "infini_jax.checkpoint/1"
+_ITEMS = ("state", "meta")
+
+
+class CheckpointWarning(UserWarning):
+  """A checkpoint step was skipped (it failed to load or to verify)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Checksums
+
+
+def _fmix32(h):
+  """murmur3's finaliser: every input bit flips about half the output bits."""
+  h = h ^ (h >> 16)
+  h = h * jnp.uint32(0x85EBCA6B)
+  h = h ^ (h >> 13)
+  h = h * jnp.uint32(0xC2B2AE35)
+  return h ^ (h >> 16)
+
+
+def _words(x):
+  """The array's raw bits as uint32, same shape (plus a trailing 2 for 8-byte dtypes)."""
+  if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+    x = jax.random.key_data(x)
+  if x.dtype == jnp.bool_:
+    return x.astype(jnp.uint32)
+  unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint32}.get(x.dtype.itemsize)
+  if unsigned is None or jnp.issubdtype(x.dtype, jnp.complexfloating):
+    raise TypeError(f"no checksum for dtype {x.dtype}")
+  return jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32)
+
+
+@jax.jit
+def _checksum(x):
+  w = _words(x)
+  # The global flat index, built from iotas so that no reshape moves data between devices.
+  index = jnp.zeros(w.shape, jnp.uint32)
+  stride = 1
+  for axis in reversed(range(w.ndim)):
+    index = index + jax.lax.broadcasted_iota(jnp.uint32, w.shape, axis) * jnp.uint32(stride)
+    stride = (stride * w.shape[axis]) % 2**32
+  lanes = [jnp.sum(_fmix32(w ^ _fmix32(index * jnp.uint32(0x9E3779B1) + jnp.uint32(seed))),
+                   dtype=jnp.uint32) for seed in (0x1B873593, 0x7F4A7C15)]
+  return jnp.stack(lanes)
+
+
+def checksums(tree) -> dict:
+  """``{path: 16-hex-digit checksum}`` for every array leaf; layout-independent (see module doc)."""
+  leaves = [(_path(p), _checksum(x)) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]]
+  out = {}
+  for path, lanes in leaves:  # dispatch everything first, then wait once per leaf
+    a, b = np.asarray(lanes.addressable_data(0))
+    out[path] = f"{int(a):08x}{int(b):08x}"
+  return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Paths and abstract trees
+
+
+def _key_name(k) -> str:
+  for attr in ("key", "name", "idx"):
+    if hasattr(k, attr):
+      return str(getattr(k, attr))
+  return str(k)
+
+
+def _path(path) -> str:
+  return "/".join(_key_name(k) for k in path)
+
+
+def _describe(tree) -> dict:
+  sums = checksums(tree)
+  return {_path(p): {"shape": list(np.shape(x)), "dtype": str(x.dtype), "checksum": sums[_path(p)]}
+          for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _abstract(x, saved_dtype: str):
+  """A restore target for leaf ``x`` in the dtype it was saved in (cast after verification)."""
+  dtype = x.dtype if str(x.dtype) == saved_dtype else jnp.dtype(saved_dtype)
+  sharding = getattr(x, "sharding", None)
+  if sharding is None:
+    sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  return jax.ShapeDtypeStruct(x.shape, dtype, sharding=sharding)
+
+
+def _check_shapes(pairs, step, directory):
+  """``pairs``: (path, target leaf, saved entry); a shape change is a config error, not damage."""
+  for path, x, saved in pairs:
+    if tuple(saved["shape"]) != tuple(x.shape):
+      raise ValueError(f"parameter '{path}' has shape {tuple(x.shape)} in the target but "
+                       f"{tuple(saved['shape'])} in checkpoint step {step} of {directory}")
+
+
+def _verify(tree, arrays: dict, prefix: str = "") -> list:
+  """Paths whose checksum differs from the saved one (or that have none)."""
+  sums = checksums(tree)
+  return [p for p, s in sums.items() if arrays.get(prefix + p, {}).get("checksum") != s]
+
+
+def _cast(tree, target):
+  return jax.tree.map(lambda x, t: x if x.dtype == t.dtype else x.astype(t.dtype), tree, target)
+
+
+def _absolute(directory) -> epath.Path:
+  d = os.fspath(directory)
+  return epath.Path(d if "://" in d else os.path.abspath(d))
+
+
+def _manager(directory, options) -> ocp.CheckpointManager:
+  return ocp.CheckpointManager(_absolute(directory), options=options, item_names=_ITEMS)
+
+
+def _read_meta(manager, step) -> dict:
+  meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+  if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+    raise ValueError(f"meta item is not {FORMAT}")
+  return meta
+
+
+def _skip(step, directory, reason):
+  warnings.warn(f"checkpoint step {step} in {directory} skipped: {reason}", CheckpointWarning,
+                stacklevel=3)
+
+
+# ---------------------------------------------------------------------------------------------
+# The checkpointer
+
+
+class Checkpointer:
+  """Saves every ``save_every`` steps (async), keeps the last ``keep_last`` and every
+  ``keep_every``-th, and restores the newest step that loads and verifies."""
+
+  def __init__(self, directory, save_every: int, keep_last: int = 3,
+               keep_every: int | None = None, async_save: bool = True):
+    if save_every < 1 or keep_last < 1 or (keep_every is not None and keep_every < 1):
+      raise ValueError(f"save_every={save_every}, keep_last={keep_last} and keep_every="
+                       f"{keep_every} must be positive (keep_every may be None)")
+    self.save_every = save_every
+    self.directory = _absolute(directory)
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep_last, keep_period=keep_every, cleanup_tmp_directories=True,
+        enable_async_checkpointing=async_save)
+    self._manager = _manager(self.directory, options)
+
+  def all_steps(self) -> list:
+    """Finalised steps on disk, oldest first (half-written ``*.orbax-checkpoint-tmp*`` excluded)."""
+    self.wait()  # a reload during an async save would lose track of it
+    self._manager.reload()
+    return sorted(self._manager.all_steps())
+
+  def save(self, step: int, state, data_position: int, force: bool = False) -> bool:
+    """Starts an async save of ``state`` if ``step % save_every == 0`` or ``force``.
+
+    ``data_position`` is the number of input batches consumed. Returns whether a save started
+    (False also when ``step`` is already saved, e.g. a forced final save right after a regular
+    one). Every process must call it (it runs a small SPMD computation for the checksums).
+    """
+    step = int(step)
+    if (step % self.save_every and not force) or step in self._manager.all_steps():
+      return False
+    meta = {"format": FORMAT, "step": step, "data_position": int(data_position),
+            "arrays": _describe(state)}
+    return self._manager.save(step, force=True, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+
+  def restore(self, target):
+    """``(step, state, data_position)`` from the newest good step, or None if none restores.
+
+    ``target``: a pytree like the saved state whose leaves are arrays or ``jax.ShapeDtypeStruct``
+    with the wanted ``.sharding`` (another mesh is fine). Steps that fail to load or to verify are
+    skipped with a :class:`CheckpointWarning` and renamed to ``<step>.bad`` (kept for inspection,
+    out of the way of later saves of the same step number). A different tree or a changed shape
+    raises ValueError: that is a config change, for which see :func:`restore_params`.
+    """
+    bad = []
+    found = None
+    for step in reversed(self.all_steps()):
+      try:
+        meta = _read_meta(self._manager, step)
+      except Exception as e:  # noqa: BLE001 - any failure to read means this step is unusable
+        _skip(step, self.directory, f"meta item unreadable ({type(e).__name__}: {e})")
+        bad.append(step)
+        continue
+      arrays = meta["arrays"]
+      flat = [(_path(p), x) for p, x in jax.tree_util.tree_flatten_with_path(target)[0]]
+      missing = sorted({p for p, _ in flat} - set(arrays))
+      extra = sorted(set(arrays) - {p for p, _ in flat})
+      if missing or extra:
+        raise ValueError(f"checkpoint step {step} in {self.directory} holds a different state "
+                         f"tree: not in the checkpoint {missing}, not in the target {extra}; to "
+                         f"start from another run's parameters use restore_params")
+      _check_shapes([(p, x, arrays[p]) for p, x in flat], step, self.directory)
+      abstract = jax.tree.unflatten(jax.tree.structure(target),
+                                    [_abstract(x, arrays[p]["dtype"]) for p, x in flat])
+      try:
+        state = self._manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract))).state
+      except Exception as e:  # noqa: BLE001
+        _skip(step, self.directory, f"state failed to restore ({type(e).__name__}: {e})")
+        bad.append(step)
+        continue
+      wrong = _verify(state, arrays)
+      if wrong:
+        _skip(step, self.directory, f"checksum mismatch in {', '.join(wrong[:5])}"
+              + (f" and {len(wrong) - 5} more" if len(wrong) > 5 else ""))
+        bad.append(step)
+        continue
+      found = (step, _cast(state, target), int(meta["data_position"]))
+      break
+    self._set_aside(bad)
+    return found
+
+  def _set_aside(self, steps):
+    if not steps:
+      return
+    if jax.process_index() == 0:
+      for step in steps:
+        src, dst = self.directory / str(step), self.directory / f"{step}.bad"
+        n = 1
+        while dst.exists():
+          dst, n = self.directory / f"{step}.bad{n}", n + 1
+        if src.exists():
+          src.rename(dst)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices("infini_jax.checkpoint.set_aside")
+    self._manager.reload()
+
+  def wait(self):
+    """Blocks until the pending async save (if any) is on disk."""
+    self._manager.wait_until_finished()
+
+  def close(self):
+    self._manager.close()
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Continual pretraining
+
+
+def _nest(pairs) -> dict:
+  """Nested dict from ``(key tuple, value)`` pairs."""
+  out = {}
+  for keys, value in pairs:
+    node = out
+    for k in keys[:-1]:
+      node = node.setdefault(k, {})
+    node[keys[-1]] = value
+  return out
+
+
+def restore_params(path_or_dir, target_params, step: int | None = None):
+  """Restores only the ``params`` subtree of another run's checkpoint onto ``target_params``.
+
+  ``path_or_dir``: a run's checkpoint directory (newest good step, or ``step``) or one step's
+  directory. ``target_params``: nested dict of arrays or ``jax.ShapeDtypeStruct`` (with sharding).
+  The other run's optimizer state is never read, so its optimizer may differ. Returns
+  ``(params, report)``: ``params`` is a nested dict of the restored leaves only, cast to the
+  target dtypes; ``report`` is ``{"missing": [...], "extra": [...], "step": int, "directory":
+  str}`` with '/'-joined paths of parameters in the target but not the checkpoint (initialise
+  them yourself) and in the checkpoint but not the target. A differing shape raises ValueError.
+  """
+  root = _absolute(path_or_dir)
+  if (root / "meta").is_dir() and (root / "state").is_dir() and root.name.isdigit():
+    root, step = root.parent, int(root.name)
+  manager = _manager(root, ocp.CheckpointManagerOptions(read_only=True, create=False))
+  steps = [step] if step is not None else sorted(manager.all_steps(), reverse=True)
+  if not steps:
+    raise FileNotFoundError(f"no checkpoint steps in {root}")
+  flat = [(tuple(_key_name(k) for k in p), x)
+          for p, x in jax.tree_util.tree_flatten_with_path(target_params)[0]]
+  for s in steps:
+    try:
+      arrays = _read_meta(manager, s)["arrays"]
+    except Exception as e:  # noqa: BLE001
+      if step is not None:
+        raise
+      _skip(s, root, f"meta item unreadable ({type(e).__name__}: {e})")
+      continue
+    saved = {p[len("params/"):]: e for p, e in arrays.items() if p.startswith("params/")}
+    common = [(keys, x) for keys, x in flat if "/".join(keys) in saved]
+    report = {"missing": sorted("/".join(k) for k, _ in flat if "/".join(k) not in saved),
+              "extra": sorted(set(saved) - {"/".join(k) for k, _ in flat}),
+              "step": s, "directory": str(root)}
+    _check_shapes([("/".join(k), x, saved["/".join(k)]) for k, x in common], s, root)
+    target = _nest([(k, x) for k, x in common])
+    abstract = _nest([(k, _abstract(x, saved["/".join(k)]["dtype"])) for k, x in common])
+    restore_args = jax.tree.map(
+        lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding, dtype=a.dtype), abstract)
+    try:
+      params = manager.restore(s, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+          item={"params": abstract}, restore_args={"params": restore_args},
+          partial_restore=True))).state["params"]
+      wrong = _verify(params, saved)
+      if wrong:
+        raise ValueError(f"checksum mismatch in {', '.join(wrong[:5])}")
+    except Exception as e:  # noqa: BLE001
+      if step is not None:
+        raise
+      _skip(s, root, f"parameters failed to restore or verify ({type(e).__name__}: {e})")
+      continue
+    manager.close()
+    return _cast(params, target), report
+  manager.close()
+  raise FileNotFoundError(f"no step in {root} restores (see the warnings above)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Preemption
+
+
+def install_preemption_handler(callback, signals=(signal.SIGTERM,)):
+  """Calls ``callback()`` when one of ``signals`` arrives; returns a function that uninstalls it.
+
+  Keep ``callback`` tiny (set a flag or a ``threading.Event``): the train loop checks the flag,
+  saves with ``force=True`` at its next step, waits for the save and exits 0. Must be called from
+  the main thread (a restriction of :mod:`signal`).
+  """
+  def handler(signum, frame):
+    del frame
+    warnings.warn(f"received signal {signal.Signals(signum).name}: saving and stopping",
+                  CheckpointWarning)
+    callback()
+
+  previous = {s: signal.signal(s, handler) for s in signals}
+
+  def uninstall():
+    for s, h in previous.items():
+      signal.signal(s, h)
+
+  return uninstall
