@@ -1,0 +1,85 @@
+"""The data configuration: plain data, checked on construction, importable without TensorFlow."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  """What the trainer and the evaluations read.
+
+  task: a seqio task or mixture name. Built in: "shakespeare" (bundled), "local" (needs
+    corpus_pattern), "pg19", "c4", "passkey", and "<corpus>_passkey" mixtures such as
+    "shakespeare_passkey"; corpora added with `data.register_corpus` work the same way; any
+    other name must already be in seqio's registries with "inputs", "targets" and "loss_mask".
+  seq_len: tokens per example (= segments * segment_len).
+  segment_len: tokens per segment; seq_len must be a multiple of it.
+  batch_size: the GLOBAL batch size, divided evenly over processes.
+  vocabulary: "byte" or "sentencepiece:/path/model.model" (see vocab.py for adding kinds).
+  pack: False: a document never continues into another example (each example starts an empty
+    memory at a document start); True: documents are concatenated, separated by EOS.
+  min_doc_tokens: drop documents with fewer tokens (the paper keeps documents longer than 4K).
+  corpus_pattern: folder or glob of .txt / .jsonl / .txt.gz files, for task="local".
+  data_dir: tensorflow-datasets data folder (None: TFDS's default, ~/tensorflow_datasets).
+  passkey_rate: fraction of passkey examples in a "<corpus>_passkey" mixture, in (0, 1).
+  passkey_segments: inclusive range of the lengths, in segments, of training passkey examples.
+  passkey_digits: digits of the pass keys of training examples.
+  passkey_filler: a text file whose text replaces the paper's filler sentences.
+  seed, shuffle: shuffling of the train split (validation is never shuffled).
+  """
+
+  task: str = "shakespeare"
+  seq_len: int = 2048
+  segment_len: int = 256
+  batch_size: int = 8
+  vocabulary: str = "byte"
+  pack: bool = False
+  min_doc_tokens: int = 0
+  corpus_pattern: Optional[str] = None
+  data_dir: Optional[str] = None
+  passkey_rate: float = 0.0
+  passkey_segments: tuple[int, int] = (4, 8)
+  passkey_digits: int = 5
+  passkey_filler: Optional[str] = None
+  seed: int = 0
+  shuffle: bool = True
+
+  def __post_init__(self):
+    if self.segment_len <= 0 or self.seq_len <= 0:
+      raise ValueError(
+          f"seq_len {self.seq_len} and segment_len {self.segment_len} must be positive")
+    if self.seq_len % self.segment_len:
+      up = -(-self.seq_len // self.segment_len) * self.segment_len
+      raise ValueError(
+          f"seq_len {self.seq_len} is not a multiple of segment_len {self.segment_len}; "
+          f"set seq_len to a multiple of {self.segment_len} (e.g. {up})")
+    if self.batch_size <= 0:
+      raise ValueError(f"batch_size {self.batch_size} must be positive")
+    if self.min_doc_tokens < 0:
+      raise ValueError(f"min_doc_tokens {self.min_doc_tokens} must be >= 0")
+    if not 0.0 <= self.passkey_rate < 1.0:
+      raise ValueError(f"passkey_rate {self.passkey_rate} must be in [0, 1)")
+    # gin hands lists over; keep the config hashable.
+    object.__setattr__(self, "passkey_segments", tuple(int(s) for s in self.passkey_segments))
+    if len(self.passkey_segments) != 2:
+      raise ValueError(f"passkey_segments {self.passkey_segments} must be (min, max) segments")
+    if self.passkey_digits < 1:
+      raise ValueError(f"passkey_digits {self.passkey_digits} must be >= 1")
+
+  @property
+  def segments(self) -> int:
+    return self.seq_len // self.segment_len
+
+  def check_passkey_fits(self):
+    """Raises unless training passkey examples fit in seq_len (checked when a task uses them)."""
+    lo, hi = self.passkey_segments
+    if not 1 <= lo <= hi:
+      raise ValueError(
+          f"passkey_segments {self.passkey_segments} must be (min, max) with 1 <= min <= max")
+    if hi > self.segments:
+      raise ValueError(
+          f"passkey examples of up to {hi} segments ({hi * self.segment_len} tokens) do not fit "
+          f"seq_len {self.seq_len}; set passkey_segments=({min(lo, self.segments)}, "
+          f"{self.segments}) or raise seq_len to {hi * self.segment_len}")

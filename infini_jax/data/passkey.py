@@ -1,0 +1,107 @@
+"""The passkey retrieval task of the paper (sec. 4.2), in plain Python + numpy (no TensorFlow).
+
+Prompt: an instruction, filler repeated, "The pass key is 9054. Remember it. 9054 is the pass
+key.", more filler, then "What is the pass key? The pass key is"; the answer is " 9054".
+`make_example` builds one prompt of an exact length in tokens (up to millions, in milliseconds:
+the filler is encoded once and tiled). `training_example` turns a seed into an LM example whose
+loss covers the answer only: the filler is predictable noise, and training on it would spend the
+gradient on repeating it rather than on retrieval.
+
+Seeds: example i of the train split uses seed 2i, of any other split 2i+1, so train and
+evaluation never share a passkey or a position.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Union
+
+import numpy as np
+
+INSTRUCTION = ("There is an important info hidden inside a lot of irrelevant text. Find it and "
+               "memorize it. I will quiz you about the important information there.")
+FILLER = (" The grass is green. The sky is blue. The sun is yellow. Here we go. There and back "
+          "again.")
+QUESTION = " What is the pass key? The pass key is"
+DEPTHS = {"start": 0.0, "middle": 0.5, "end": 1.0}
+
+Encode = Callable[[str], "np.ndarray | list[int]"]
+
+
+def _encoder(vocab_or_encode_fn) -> Callable[[str], np.ndarray]:
+  encode = getattr(vocab_or_encode_fn, "encode", vocab_or_encode_fn)
+  return lambda text: np.asarray(encode(text), dtype=np.int32).reshape(-1)
+
+
+def example_seed(split: str, index: int) -> int:
+  """The seed of example `index` of `split`: even for train, odd otherwise (disjoint streams)."""
+  return 2 * int(index) + (0 if split == "train" else 1)
+
+
+def make_key(seed: int, digits: int) -> str:
+  """A `digits`-digit pass key (no leading zero) drawn from `seed`."""
+  if digits < 1:
+    raise ValueError(f"digits {digits} must be >= 1")
+  rng = np.random.default_rng([seed, 0])
+  return str(int(rng.integers(10 ** (digits - 1), 10 ** digits)))
+
+
+def make_example(vocab_or_encode_fn, length_tokens: int, depth: Union[float, str] = "middle",
+                 digits: int = 5, seed: int = 0, filler_text: str | None = None) -> dict:
+  """One passkey prompt of exactly `length_tokens` tokens, ending right before the answer.
+
+  vocab_or_encode_fn: a seqio.Vocabulary or any `str -> token ids` function.
+  depth: where the key sits in the filler, a fraction in [0, 1] or "start"/"middle"/"end". The key
+    sentence is placed on a filler boundary (within one filler repetition of the asked depth).
+  filler_text: replaces the paper's filler sentences (e.g. the text of a book); it is tiled.
+  Returns dict(tokens=int32 [length_tokens], answer=int32 tokens of " <key>", key=str,
+  key_start=index in `tokens` of the key's first token).
+  """
+  encode = _encoder(vocab_or_encode_fn)
+  depth = DEPTHS.get(depth, depth) if isinstance(depth, str) else float(depth)
+  if not isinstance(depth, float) or not 0.0 <= depth <= 1.0:
+    raise ValueError(f"depth {depth!r} must be a fraction in [0, 1] or one of {sorted(DEPTHS)}")
+  key = make_key(seed, digits)
+  key_toks = encode(" " + key)
+  head, tail = encode(" The pass key is"), encode(". Remember it.")
+  key_sentence = [head, key_toks, tail, key_toks, encode(" is the pass key.")]
+  prefix, question = encode(INSTRUCTION), encode(QUESTION)
+  fixed = len(prefix) + sum(map(len, key_sentence)) + len(question)
+  n_filler = length_tokens - fixed
+  if n_filler < 0:
+    raise ValueError(f"length_tokens {length_tokens} is too short for the passkey prompt, which "
+                     f"needs at least {fixed} tokens with {digits} digits; ask for more tokens")
+  unit = encode(FILLER if filler_text is None else filler_text)
+  if len(unit) == 0:
+    raise ValueError("filler_text encodes to no tokens; give a non-empty filler text")
+  # The filler region ends on a whole repetition of the unit so the question follows a complete
+  # sentence; the key goes at a repetition boundary near the asked depth.
+  offset = -n_filler % len(unit)
+  region = np.resize(unit, n_filler + offset)[offset:]
+  n_before = int(round(depth * n_filler))
+  if len(unit) <= n_filler:
+    n_after = min(int(round((n_filler - n_before) / len(unit))), n_filler // len(unit)) * len(unit)
+    n_before = n_filler - n_after
+  tokens = np.concatenate([prefix, region[:n_before], *key_sentence, region[n_before:], question])
+  return dict(tokens=tokens.astype(np.int32), answer=key_toks, key=key,
+              key_start=len(prefix) + n_before + len(head))
+
+
+def training_example(vocab_or_encode_fn, seed: int, segment_len: int,
+                     segments: tuple[int, int] = (4, 8), digits: int = 5,
+                     filler_text: str | None = None) -> dict:
+  """An LM example from `seed`: inputs, targets (inputs shifted by one), loss_mask on the answer.
+
+  Its length is k * segment_len tokens, k drawn from the inclusive range `segments`; the depth is
+  uniform in [0, 1]. The caller pads to the sequence length (with loss_mask 0).
+  """
+  encode = _encoder(vocab_or_encode_fn)
+  rng = np.random.default_rng([seed, 1])
+  k = int(rng.integers(segments[0], segments[1] + 1))
+  depth = float(rng.uniform())
+  answer = encode(" " + make_key(seed, digits))
+  # inputs = (prompt + answer)[:-1] has exactly k * segment_len tokens.
+  ex = make_example(encode, k * segment_len + 1 - len(answer), depth, digits, seed, filler_text)
+  seq = np.concatenate([ex["tokens"], ex["answer"]])
+  mask = np.zeros(len(seq) - 1, np.float32)
+  mask[-len(answer):] = 1.0
+  return dict(inputs=seq[:-1], targets=seq[1:], loss_mask=mask)

@@ -1,0 +1,51 @@
+"""Vocabularies named by a short spec string: "byte" or "sentencepiece:/path/model.model".
+
+A new kind (e.g. "hf:/path/tokenizer.json") is one entry in `_KINDS`: a function from the part
+after the colon to a `seqio.Vocabulary`. Every vocabulary must keep pad = 0, the id the pipeline
+pads with (the loss mask is 0 there), and have an EOS id, appended at each document's end.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Callable
+
+import seqio
+
+
+def _byte(arg: str) -> seqio.Vocabulary:
+  if arg:
+    raise ValueError(f"the byte vocabulary takes no argument, got 'byte:{arg}'; write 'byte'")
+  return seqio.ByteVocabulary()  # pad 0, eos 1, unk 2, bytes at 3..258: 259 ids.
+
+
+def _sentencepiece(path: str) -> seqio.Vocabulary:
+  path = os.path.expanduser(path)
+  if not os.path.isfile(path):
+    raise ValueError(
+        f"SentencePiece model {path!r} not found; train one with scripts/train_tokenizer.py "
+        "or point 'sentencepiece:PATH' at an existing .model file")
+  vocab = seqio.SentencePieceVocabulary(path)
+  if vocab.tokenizer.pad_id() != 0 or vocab.eos_id is None or vocab.eos_id < 0:
+    raise ValueError(
+        f"SentencePiece model {path!r} has pad id {vocab.tokenizer.pad_id()} and eos id "
+        f"{vocab.eos_id}; the pipeline needs pad 0 and an eos id: retrain it with "
+        "scripts/train_tokenizer.py (pad 0, eos 1, unk 2)")
+  return vocab
+
+
+_KINDS: dict[str, Callable[[str], seqio.Vocabulary]] = {
+    "byte": _byte,
+    "sentencepiece": _sentencepiece,
+}
+
+
+@functools.lru_cache(maxsize=None)
+def get_vocabulary(spec: str = "byte") -> seqio.Vocabulary:
+  """The vocabulary named by `spec`; `vocab.vocab_size` is what the model's vocab_size must cover."""
+  kind, _, arg = spec.partition(":")
+  if kind not in _KINDS:
+    raise ValueError(
+        f"unknown vocabulary {spec!r}; use one of: 'byte', 'sentencepiece:/path/model.model'")
+  return _KINDS[kind](arg)

@@ -1,0 +1,101 @@
+"""The passkey prompt generator: plain Python, deterministic, exact lengths, key at the depth."""
+
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from infini_jax.data import passkey
+
+
+def encode(text):  # the byte vocabulary's ids, without importing seqio
+  return np.frombuffer(text.encode(), np.uint8).astype(np.int32) + 3
+
+
+def decode(ids):
+  return bytes(int(i) - 3 for i in ids if i >= 3).decode()
+
+
+def test_importing_passkey_needs_no_tensorflow():
+  code = ("import sys, infini_jax.data.passkey as p; p.make_example(lambda s: [1] * len(s), 500);"
+          "assert 'tensorflow' not in sys.modules and 'seqio' not in sys.modules")
+  subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("depth,expected", [("start", 0.0), ("middle", 0.5), ("end", 1.0),
+                                            (0.25, 0.25)])
+def test_key_appears_once_at_the_asked_depth(depth, expected):
+  n = 4000
+  ex = passkey.make_example(encode, n, depth=depth, digits=5, seed=7)
+  tokens, key = ex["tokens"], ex["key"]
+  assert len(tokens) == n and tokens.dtype == np.int32
+  text = decode(tokens)
+  assert len(key) == 5 and key.isdigit()
+  # The key sentence once, and the key nowhere else.
+  assert text.count(f"The pass key is {key}. Remember it. {key} is the pass key.") == 1
+  assert text.count(key) == 2
+  assert text.startswith(passkey.INSTRUCTION)
+  assert text.endswith("What is the pass key? The pass key is")
+  # The answer is " <key>" and these are exactly the tokens at key_start.
+  assert decode(ex["answer"]) == " " + key
+  s = ex["key_start"]
+  np.testing.assert_array_equal(tokens[s:s + len(ex["answer"])], ex["answer"])
+  # Within one filler repetition of the asked depth, measured over the filler region.
+  sentence = encode(f" The pass key is {key}. Remember it. {key} is the pass key.")
+  n_filler = n - len(encode(passkey.INSTRUCTION)) - len(sentence) - len(encode(passkey.QUESTION))
+  key_at = s - len(encode(passkey.INSTRUCTION)) - len(encode(" The pass key is"))
+  assert abs(key_at - expected * n_filler) <= len(passkey.FILLER)
+
+
+def test_deterministic_and_seed_dependent():
+  a = passkey.make_example(encode, 2000, 0.3, 6, seed=11)
+  b = passkey.make_example(encode, 2000, 0.3, 6, seed=11)
+  c = passkey.make_example(encode, 2000, 0.3, 6, seed=12)
+  np.testing.assert_array_equal(a["tokens"], b["tokens"])
+  assert a["key"] == b["key"] and len(a["key"]) == 6
+  assert a["key"] != c["key"]
+
+
+def test_train_and_eval_seeds_are_disjoint():
+  train = {passkey.example_seed("train", i) for i in range(10_000)}
+  evals = {passkey.example_seed("validation", i) for i in range(10_000)}
+  assert len(train) == len(evals) == 10_000 and not train & evals
+
+
+def test_filler_text_replaces_the_default():
+  ex = passkey.make_example(encode, 3000, "middle", seed=1, filler_text=" Call me Ishmael.")
+  text = decode(ex["tokens"])
+  assert "Call me Ishmael." in text and "grass" not in text
+  assert len(ex["tokens"]) == 3000
+
+
+def test_too_short_and_bad_depth_are_clear_errors():
+  with pytest.raises(ValueError, match="too short.*at least"):
+    passkey.make_example(encode, 100)
+  with pytest.raises(ValueError, match="depth"):
+    passkey.make_example(encode, 1000, depth="bottom")
+  with pytest.raises(ValueError, match="depth"):
+    passkey.make_example(encode, 1000, depth=1.5)
+
+
+def test_one_million_tokens_is_fast():
+  t = time.perf_counter()
+  ex = passkey.make_example(encode, 1_000_000, "start", seed=3)
+  assert len(ex["tokens"]) == 1_000_000
+  assert time.perf_counter() - t < 2.0
+  assert decode(ex["tokens"][ex["key_start"]:ex["key_start"] + 6]) == " " + ex["key"]
+
+
+def test_training_example_trains_on_the_answer_only():
+  for seed in range(20):
+    ex = passkey.training_example(encode, seed, segment_len=128, segments=(2, 3), digits=4)
+    n = len(ex["inputs"])
+    assert n in (256, 384)
+    np.testing.assert_array_equal(ex["inputs"][1:], ex["targets"][:-1])
+    mask = ex["loss_mask"].astype(bool)
+    assert mask.sum() == 5 and mask[-5:].all()
+    key = passkey.make_key(seed, 4)
+    assert decode(ex["targets"][mask]) == " " + key
+    assert decode(ex["inputs"][:n - 4]).endswith("The pass key is")
