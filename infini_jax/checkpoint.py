@@ -144,6 +144,28 @@ def _read_meta(manager, step) -> dict:
   return meta
 
 
+def _attempt(what: str, fn):
+  """``(fn(), None)`` or ``(None, reason)``. Under multi-process every process sees its own shards
+  and may fail alone, so all agree: if one failed, the step failed everywhere."""
+  try:
+    value, reason = fn(), None
+  except Exception as e:  # noqa: BLE001 - whatever went wrong, this step is unusable
+    value, reason = None, f"{what} ({type(e).__name__}: {e})"
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    failed = np.asarray(multihost_utils.process_allgather(np.int32(reason is not None)))
+    if reason is None and failed.any():
+      value, reason = None, f"{what} on process {int(np.argmax(failed))}"
+  return value, reason
+
+
+def _mismatch(wrong: list):
+  if not wrong:
+    return None
+  more = f" and {len(wrong) - 5} more" if len(wrong) > 5 else ""
+  return f"checksum mismatch in {', '.join(wrong[:5])}{more}"
+
+
 def _skip(step, directory, reason):
   warnings.warn(f"checkpoint step {step} in {directory} skipped: {reason}", CheckpointWarning,
                 stacklevel=3)
@@ -201,35 +223,26 @@ class Checkpointer:
     """
     bad = []
     found = None
+    flat = [(_path(p), x) for p, x in jax.tree_util.tree_flatten_with_path(target)[0]]
     for step in reversed(self.all_steps()):
-      try:
-        meta = _read_meta(self._manager, step)
-      except Exception as e:  # noqa: BLE001 - any failure to read means this step is unusable
-        _skip(step, self.directory, f"meta item unreadable ({type(e).__name__}: {e})")
-        bad.append(step)
-        continue
-      arrays = meta["arrays"]
-      flat = [(_path(p), x) for p, x in jax.tree_util.tree_flatten_with_path(target)[0]]
-      missing = sorted({p for p, _ in flat} - set(arrays))
-      extra = sorted(set(arrays) - {p for p, _ in flat})
-      if missing or extra:
-        raise ValueError(f"checkpoint step {step} in {self.directory} holds a different state "
-                         f"tree: not in the checkpoint {missing}, not in the target {extra}; to "
-                         f"start from another run's parameters use restore_params")
-      _check_shapes([(p, x, arrays[p]) for p, x in flat], step, self.directory)
-      abstract = jax.tree.unflatten(jax.tree.structure(target),
-                                    [_abstract(x, arrays[p]["dtype"]) for p, x in flat])
-      try:
-        state = self._manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract))).state
-      except Exception as e:  # noqa: BLE001
-        _skip(step, self.directory, f"state failed to restore ({type(e).__name__}: {e})")
-        bad.append(step)
-        continue
-      wrong = _verify(state, arrays)
-      if wrong:
-        _skip(step, self.directory, f"checksum mismatch in {', '.join(wrong[:5])}"
-              + (f" and {len(wrong) - 5} more" if len(wrong) > 5 else ""))
+      meta, reason = _attempt("meta item unreadable", lambda: _read_meta(self._manager, step))
+      if reason is None:
+        arrays = meta["arrays"]
+        missing = sorted({p for p, _ in flat} - set(arrays))
+        extra = sorted(set(arrays) - {p for p, _ in flat})
+        if missing or extra:
+          raise ValueError(f"checkpoint step {step} in {self.directory} holds a different state "
+                           f"tree: not in the checkpoint {missing}, not in the target {extra}; "
+                           f"to start from another run's parameters use restore_params")
+        _check_shapes([(p, x, arrays[p]) for p, x in flat], step, self.directory)
+        abstract = jax.tree.unflatten(jax.tree.structure(target),
+                                      [_abstract(x, arrays[p]["dtype"]) for p, x in flat])
+        state, reason = _attempt("state failed to restore", lambda: self._manager.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))).state)
+      if reason is None:
+        reason = _mismatch(_verify(state, arrays))
+      if reason is not None:
+        _skip(step, self.directory, reason)
         bad.append(step)
         continue
       found = (step, _cast(state, target), int(meta["data_position"]))
@@ -303,37 +316,31 @@ def restore_params(path_or_dir, target_params, step: int | None = None):
   flat = [(tuple(_key_name(k) for k in p), x)
           for p, x in jax.tree_util.tree_flatten_with_path(target_params)[0]]
   for s in steps:
-    try:
-      arrays = _read_meta(manager, s)["arrays"]
-    except Exception as e:  # noqa: BLE001
-      if step is not None:
-        raise
-      _skip(s, root, f"meta item unreadable ({type(e).__name__}: {e})")
-      continue
-    saved = {p[len("params/"):]: e for p, e in arrays.items() if p.startswith("params/")}
-    common = [(keys, x) for keys, x in flat if "/".join(keys) in saved]
-    report = {"missing": sorted("/".join(k) for k, _ in flat if "/".join(k) not in saved),
-              "extra": sorted(set(saved) - {"/".join(k) for k, _ in flat}),
-              "step": s, "directory": str(root)}
-    _check_shapes([("/".join(k), x, saved["/".join(k)]) for k, x in common], s, root)
-    target = _nest([(k, x) for k, x in common])
-    abstract = _nest([(k, _abstract(x, saved["/".join(k)]["dtype"])) for k, x in common])
-    restore_args = jax.tree.map(
-        lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding, dtype=a.dtype), abstract)
-    try:
-      params = manager.restore(s, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-          item={"params": abstract}, restore_args={"params": restore_args},
-          partial_restore=True))).state["params"]
-      wrong = _verify(params, saved)
-      if wrong:
-        raise ValueError(f"checksum mismatch in {', '.join(wrong[:5])}")
-    except Exception as e:  # noqa: BLE001
-      if step is not None:
-        raise
-      _skip(s, root, f"parameters failed to restore or verify ({type(e).__name__}: {e})")
-      continue
-    manager.close()
-    return _cast(params, target), report
+    meta, reason = _attempt("meta item unreadable", lambda: _read_meta(manager, s))
+    if reason is None:
+      saved = {p[len("params/"):]: e for p, e in meta["arrays"].items()
+               if p.startswith("params/")}
+      common = [(keys, x) for keys, x in flat if "/".join(keys) in saved]
+      report = {"missing": sorted("/".join(k) for k, _ in flat if "/".join(k) not in saved),
+                "extra": sorted(set(saved) - {"/".join(k) for k, _ in flat}),
+                "step": s, "directory": str(root)}
+      _check_shapes([("/".join(k), x, saved["/".join(k)]) for k, x in common], s, root)
+      target = _nest([(k, x) for k, x in common])
+      abstract = _nest([(k, _abstract(x, saved["/".join(k)]["dtype"])) for k, x in common])
+      restore_args = jax.tree.map(
+          lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding, dtype=a.dtype), abstract)
+      params, reason = _attempt("parameters failed to restore", lambda: manager.restore(
+          s, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+              item={"params": abstract}, restore_args={"params": restore_args},
+              partial_restore=True))).state["params"])
+    if reason is None:
+      reason = _mismatch(_verify(params, saved))
+    if reason is None:
+      manager.close()
+      return _cast(params, target), report
+    if step is not None:
+      raise ValueError(f"checkpoint step {s} in {root} cannot be used: {reason}")
+    _skip(s, root, reason)
   manager.close()
   raise FileNotFoundError(f"no step in {root} restores (see the warnings above)")
 
