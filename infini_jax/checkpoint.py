@@ -118,10 +118,9 @@ def _check_shapes(pairs, step, directory):
                        f"{tuple(saved['shape'])} in checkpoint step {step} of {directory}")
 
 
-def _verify(tree, arrays: dict, prefix: str = "") -> list:
+def _verify(tree, arrays: dict) -> list:
   """Paths whose checksum differs from the saved one (or that have none)."""
-  sums = checksums(tree)
-  return [p for p, s in sums.items() if arrays.get(prefix + p, {}).get("checksum") != s]
+  return [p for p, s in checksums(tree).items() if arrays.get(p, {}).get("checksum") != s]
 
 
 def _cast(tree, target):

@@ -1,4 +1,4 @@
-"""infini_jax.checkpoint: round trips, retention, damaged steps skipped, other meshes, params only."""
+"""infini_jax.checkpoint: round trips, retention, damaged steps skipped, meshes, params only."""
 
 import os
 import pathlib
@@ -281,7 +281,8 @@ for spec in (P("x"), P(None, "x")):  # the saved layout, then another one
   with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
     step, got, position = ckpt.restore(target)
-  same = all(np.array_equal(np.asarray(s.data), (x + 5)[s.index]) for s in got["w"].addressable_shards)
+  shards = got["w"].addressable_shards
+  same = all(np.array_equal(np.asarray(s.data), (x + 5)[s.index]) for s in shards)
   print(f"process {process}: step {step} position {position} equal {same} skipped "
         f"{['step 6 in' in str(w.message) for w in caught]}", flush=True)
 ckpt.close()
