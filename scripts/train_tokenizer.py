@@ -20,15 +20,22 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from infini_jax.data import text_files  # noqa: E402  (pure Python, no TensorFlow)
 
 
-def _lines(pattern: str, text_key: str, max_chars: int) -> Iterator[str]:
+def _chunks(pattern: str, text_key: str, max_chars: int, size: int = 2000) -> Iterator[str]:
+  """Pieces of about `size` characters cut at line ends, newlines kept, so they get tokens."""
   budget = max_chars
   for _, text in text_files.iter_documents(text_files.list_files(pattern), text_key):
-    for line in text.splitlines():
-      if line.strip() and budget > 0:
-        budget -= len(line)
-        yield line
-    if budget <= 0:
-      return
+    piece = ""
+    for line in text.splitlines(keepends=True):
+      piece += line
+      if len(piece) >= size:
+        yield piece[:4 * size]  # SentencePiece skips over-long "sentences"
+        budget -= len(piece)
+        piece = ""
+      if budget <= 0:
+        return
+    if piece.strip():
+      yield piece
+      budget -= len(piece)
 
 
 def train_tokenizer(corpus: str, out: str, vocab_size: int = 32000, model_type: str = "unigram",
@@ -36,12 +43,17 @@ def train_tokenizer(corpus: str, out: str, vocab_size: int = 32000, model_type: 
   """Trains on the documents at `corpus` (folder or glob); returns the path of the .model file."""
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   spm.SentencePieceTrainer.train(
-      sentence_iterator=_lines(corpus, text_key, max_chars),
+      sentence_iterator=_chunks(corpus, text_key, max_chars),
       model_prefix=out,
       vocab_size=vocab_size,
       model_type=model_type,
       pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
       character_coverage=1.0,
+      # Keep the text as it is (newlines, runs of spaces): decode(encode(text)) == text.
+      normalization_rule_name="identity",
+      remove_extra_whitespaces=False,
+      allow_whitespace_only_pieces=True,
+      max_sentence_length=16384,
       byte_fallback=True,  # unseen characters become bytes, never unk
       hard_vocab_limit=False,  # small corpora: a smaller vocabulary rather than an error
       minloglevel=2)

@@ -221,8 +221,18 @@ def _register_passkey_task(cfg: DataConfig) -> str:
     if cfg.passkey_filler:
       with open(cfg.passkey_filler, encoding="utf-8") as f:
         filler = f.read()
+    vocab = get_vocabulary(cfg.vocabulary)
+    shortest = cfg.passkey_segments[0] * cfg.segment_len
+    try:
+      passkey.training_example(vocab, 0, cfg.segment_len, (cfg.passkey_segments[0],) * 2,
+                               cfg.passkey_digits, filler)
+    except ValueError as e:
+      raise ValueError(
+          f"passkey examples of {cfg.passkey_segments[0]} segments ({shortest} tokens) are "
+          f"shorter than the passkey prompt ({e}); raise passkey_segments[0] or "
+          "segment_len") from None
     make = functools.partial(
-        passkey.training_example, get_vocabulary(cfg.vocabulary), segment_len=cfg.segment_len,
+        passkey.training_example, vocab, segment_len=cfg.segment_len,
         segments=cfg.passkey_segments, digits=cfg.passkey_digits, filler_text=filler)
     seqio.TaskRegistry.add(
         task,
