@@ -71,16 +71,42 @@ class Embed(nnx.Module):
                       preferred_element_type=jnp.float32)
 
 
-def rope(x: jax.Array, theta: float) -> jax.Array:
-  """Rotary position embedding (rotate-half layout) at positions 0..seq-1 of the segment.
+def rope_inv_freq(head_dim: int, theta: float, scaling: tuple | None = None) -> jax.Array:
+  """RoPE's inverse frequencies ``[head_dim / 2]``, with Llama 3.1's long-context rule if ``scaling``.
 
-  ``x [batch, seq, heads, head_dim]``. Local attention only depends on relative positions, so
-  positions restart in every segment without changing the scores.
+  ``scaling`` is ``ModelConfig.rope_scaling`` (pairs factor, low_freq_factor, high_freq_factor,
+  original_max_position_embeddings): wavelengths longer than ``original / low_freq_factor`` are
+  stretched by ``factor``, those shorter than ``original / high_freq_factor`` kept, and the ones in
+  between blended linearly in ``original / wavelength``.
+  """
+  inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+  if scaling is None:
+    return inv_freq
+  s = dict(scaling)
+  factor, low, high = s["factor"], s["low_freq_factor"], s["high_freq_factor"]
+  original = s["original_max_position_embeddings"]
+  wavelength = 2 * jnp.pi / inv_freq
+  smooth = (original / wavelength - low) / (high - low)
+  blended = (1 - smooth) * inv_freq / factor + smooth * inv_freq
+  return jnp.where(wavelength < original / high, inv_freq,
+                   jnp.where(wavelength > original / low, inv_freq / factor, blended))
+
+
+def rope(x: jax.Array, theta: float, positions: jax.Array | None = None,
+         scaling: tuple | None = None) -> jax.Array:
+  """Rotary position embedding (rotate-half layout).
+
+  ``x [batch, seq, heads, head_dim]``; ``positions`` ``[seq]`` or ``[batch, seq]`` (default
+  0..seq-1 of the segment). Local attention only depends on relative positions, so positions
+  restart in every segment without changing the scores; decoding passes a token's place in it.
+  ``scaling``: see :func:`rope_inv_freq`.
   """
   seq, head_dim = x.shape[1], x.shape[3]
-  inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
-  angles = jnp.arange(seq, dtype=jnp.float32)[:, None] * inv_freq[None, :]   # [seq, head_dim/2]
-  angles = jnp.concatenate([angles, angles], axis=-1)[None, :, None, :]
+  if positions is None:
+    positions = jnp.arange(seq)
+  inv_freq = rope_inv_freq(head_dim, theta, scaling)
+  angles = positions.astype(jnp.float32)[..., None] * inv_freq          # [(batch,) seq, head_dim/2]
+  angles = jnp.concatenate([angles, angles], axis=-1)[..., None, :]    # [(batch,) seq, 1, head_dim]
   x32 = x.astype(jnp.float32)
   half = head_dim // 2
   rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], axis=-1)
