@@ -1,0 +1,366 @@
+"""Streaming generation: prefill a prompt of any length segment by segment, then decode token by token.
+
+What generation carries is what the segment scan carries (every layer's compressive memory) plus a
+KV cache of the current, incomplete segment. Inside a segment a new token attends to the cache
+(causal, RoPE at its place in the segment) and reads the memory; when the segment is complete its
+un-rotated keys and values are folded into the memory exactly once, with the model's update rule,
+and the cache starts over. So the state, and the work per token, do not depend on how long the
+prompt or the generation is, and the logits equal those of one forward pass over the same tokens.
+
+Sequences in a batch may have different lengths: prompts are right-padded and carry their own
+``lengths``; every sequence keeps its own place in its segment (``DecodeState.pos``), so segment
+boundaries stay where the model put them in training.
+"""
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from infini_jax import memory as mem
+from infini_jax.model.attention import local_attention, retrieve_grouped
+from infini_jax.model.layers import rope
+from infini_jax.model.transformer import InfiniTransformer, stack_layers
+
+
+class DecodeState(NamedTuple):
+  """Everything carried from one token to the next; its size is independent of the sequence length.
+
+  Attributes:
+    memory: every layer's memory stacked, ``M [layers, batch, kv_heads, d, d]``,
+      ``z [layers, batch, kv_heads, d]`` (None for ``memory="none"``).
+    k, v: un-rotated keys and values of the current segment,
+      ``[layers, batch, segment_len, kv_heads, head_dim]``; entries from ``pos`` on are stale.
+    pos: ``[batch]`` int32, tokens of the current segment already in the cache (0..segment_len-1).
+  """
+
+  memory: mem.Memory | None
+  k: jax.Array
+  v: jax.Array
+  pos: jax.Array
+
+
+class Generation(NamedTuple):
+  """Output of :func:`generate`.
+
+  Attributes:
+    tokens: ``[batch, max_new_tokens]`` generated ids; after a sequence's stop token, ``pad_token``.
+    lengths: ``[batch]`` generated tokens per sequence, its stop token included.
+    logits: ``[batch, max_new_tokens, vocab]`` float32 logits each token was drawn from (before
+      temperature and top-p), or None unless ``return_logits``.
+  """
+
+  tokens: jax.Array
+  lengths: jax.Array
+  logits: jax.Array | None
+
+
+def init_state(model: InfiniTransformer, batch: int) -> DecodeState:
+  """The state of ``batch`` empty sequences: empty memory, empty cache."""
+  cfg = model.cfg
+  shape = (cfg.num_layers, batch, cfg.segment_len, cfg.num_kv_heads, cfg.dim_per_head)
+  cache = jnp.zeros(shape, cfg.compute_dtype)
+  return DecodeState(stack_layers(model.init_memory(batch)), cache, cache,
+                     jnp.zeros((batch,), jnp.int32))
+
+
+# ----------------------------------------------------------------------------- one layer
+
+
+def _cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, pos: jax.Array) -> jax.Array:
+  """Queries at positions ``pos + t`` of the segment against the cache, causally.
+
+  ``q [b, t, heads, d]`` (rotated), ``k, v [b, n, kv_heads, d]`` (k rotated), ``pos [b]`` ->
+  ``[b, t, heads, d]``; query head h uses key/value head ``h // group`` as in the model.
+  """
+  b, t, heads, d = q.shape
+  kv_heads = k.shape[2]
+  q = q.reshape(b, t, kv_heads, heads // kv_heads, d)
+  scores = jnp.einsum("btkgd,bnkd->bkgtn", q, k, preferred_element_type=jnp.float32)
+  scores = scores / jnp.sqrt(jnp.float32(d))
+  query_pos = pos[:, None] + jnp.arange(t)                                 # [b, t]
+  visible = jnp.arange(k.shape[1])[None, None, :] <= query_pos[:, :, None]  # [b, t, n]
+  weights = jax.nn.softmax(jnp.where(visible[:, None, None], scores, -jnp.inf), axis=-1)
+  out = jnp.einsum("bkgtn,bnkd->btkgd", weights.astype(v.dtype), v)
+  return out.reshape(b, t, heads, d)
+
+
+def _write(cache: jax.Array, new: jax.Array, pos: jax.Array) -> jax.Array:
+  """Each sequence's ``new [b, t, ...]`` into its ``cache [b, n, ...]`` at its own ``pos [b]``."""
+  return jax.vmap(lambda c, x, p: jax.lax.dynamic_update_slice_in_dim(c, x, p, axis=0))(
+      cache, new, pos)
+
+
+def _layer(block, x, memory, k_cache, v_cache, pos, whole_segment: bool):
+  """One block on ``x [b, t, d_model]``: the model's Block, with the local path on the cache.
+
+  ``whole_segment``: x is a segment from its first position (prefill): local attention inside x,
+  which becomes the cache. Otherwise x holds the tokens at ``pos`` of the current segment.
+  The memory is read, never written: folding is the caller's, once per complete segment.
+  Returns (x, (k, v) of the segment so far, un-rotated).
+  """
+  attn = block.attn
+  cfg, dtype = attn.cfg, x.dtype
+  y = block.attn_norm(x)
+  q, k, v = (jnp.einsum("bnd,dhk->bnhk", y, w[...].astype(dtype))
+             for w in (attn.w_q, attn.w_k, attn.w_v))
+  if whole_segment:
+    k_cache, v_cache = k, v
+    local = local_attention(rope(q, cfg.rope_theta), rope(k, cfg.rope_theta), v,
+                            cfg.attention_impl)
+  else:
+    k_cache, v_cache = _write(k_cache, k, pos), _write(v_cache, v, pos)
+    positions = pos[:, None] + jnp.arange(x.shape[1])
+    local = _cached_attention(rope(q, cfg.rope_theta, positions), rope(k_cache, cfg.rope_theta),
+                              v_cache, pos)
+  if cfg.memory == "infini":
+    from_memory = retrieve_grouped(memory, q)                     # un-rotated q, memory so far
+    gate = jax.nn.sigmoid(attn.beta[...])[:, None]
+    local = (gate * from_memory + (1.0 - gate) * local.astype(jnp.float32)).astype(dtype)
+  x = x + jnp.einsum("bnhk,hkd->bnd", local, attn.w_o[...].astype(dtype))
+  x = x + block.mlp(block.mlp_norm(x))
+  return x, (k_cache, v_cache)
+
+
+def _run_layers(model: InfiniTransformer, x, state: DecodeState, whole_segment: bool):
+  """``x`` through the stacked blocks (a scan over layers) -> (x, k, v stacked over layers)."""
+  graphdef, blocks = nnx.split(model.blocks)
+
+  def layer(x, inputs):
+    block_state, layer_memory, k, v = inputs
+    return _layer(nnx.merge(graphdef, block_state), x, layer_memory, k, v, state.pos,
+                  whole_segment)
+
+  x, (k, v) = jax.lax.scan(layer, x, (blocks, state.memory, state.k, state.v))
+  return x, k, v
+
+
+def _select(mask: jax.Array, new, old):
+  """Per sequence, ``new`` where ``mask [batch]`` else ``old``; batch is axis 1 (axis 0 of pos)."""
+  def pick(a, b):
+    axis = 0 if a.ndim == 1 else 1
+    shape = [1] * a.ndim
+    shape[axis] = -1
+    return jnp.where(mask.reshape(shape), a, b)
+  return jax.tree.map(pick, new, old)
+
+
+def _fold(model: InfiniTransformer, memory, k, v, complete: jax.Array):
+  """Writes the cached segment into the memory of the sequences whose segment is ``complete``."""
+  if memory is None:
+    return None
+  rule = model.cfg.update_rule
+  written = jax.vmap(lambda m, k, v: mem.update(m, k, v, rule))(memory, k, v)
+  return _select(complete, written, memory)
+
+
+# ----------------------------------------------------------------------------- prefill, step
+
+
+def _prefill(model: InfiniTransformer, state: DecodeState, tokens, lengths):
+  """Scan over whole segments of the padded prompt; see :func:`prefill`."""
+  cfg = model.cfg
+  n = cfg.segment_len
+  batch = tokens.shape[0]
+
+  def segment_step(carry, _):
+    i, state, last_logits = carry
+    # Sliced here rather than reshaped up front so no copy of the prompt is made.
+    segment = jax.lax.dynamic_slice_in_dim(tokens, i * n, n, axis=1)
+    count = jnp.clip(lengths - i * n, 0, n)              # prompt tokens in this segment
+    x = model.embed(segment, cfg.compute_dtype)
+    x, k, v = _run_layers(model, x, state, whole_segment=True)
+    last = jnp.take_along_axis(x, jnp.maximum(count - 1, 0)[:, None, None], axis=1)
+    logits = model.logits(model.final_norm(last))[:, 0]
+    complete = count == n
+    after = DecodeState(_fold(model, state.memory, k, v, complete), k, v,
+                        jnp.where(complete, 0, count).astype(jnp.int32))
+    active = count > 0                                   # prompts that end earlier keep their state
+    last_logits = jnp.where(active[:, None], logits, last_logits)
+    return (i + 1, _select(active, after, state), last_logits), None
+
+  # The segment index is carried, not scanned over, so nothing of the prompt's length is allocated.
+  last_logits = jnp.zeros((batch, cfg.vocab_size), jnp.float32)
+  (_, state, last_logits), _ = jax.lax.scan(segment_step, (0, state, last_logits), None,
+                                            length=tokens.shape[1] // n)
+  return state, last_logits
+
+
+def _decode_step(model: InfiniTransformer, state: DecodeState, tokens):
+  """See :func:`decode_step`."""
+  cfg = model.cfg
+  x = model.embed(tokens[:, None], cfg.compute_dtype)
+  x, k, v = _run_layers(model, x, state, whole_segment=False)
+  logits = model.logits(model.final_norm(x))[:, 0]
+  pos = state.pos + 1
+  complete = pos == cfg.segment_len
+  memory = state.memory
+  if memory is not None:
+    memory = jax.lax.cond(jnp.any(complete), lambda: _fold(model, memory, k, v, complete),
+                          lambda: memory)
+  return logits, DecodeState(memory, k, v, jnp.where(complete, 0, pos))
+
+
+@jax.jit(static_argnums=0)
+def _prefill_jit(graphdef, params, state, tokens, lengths):
+  return _prefill(nnx.merge(graphdef, params), state, tokens, lengths)
+
+
+@jax.jit(static_argnums=0)
+def _decode_step_jit(graphdef, params, state, tokens):
+  return _decode_step(nnx.merge(graphdef, params), state, tokens)
+
+
+def _concrete(x):
+  """``x`` as numpy, or None while tracing (checks that need values are then skipped)."""
+  try:
+    return np.asarray(x)
+  except (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError):
+    return None
+
+
+def prefill(model: InfiniTransformer, tokens: jax.Array, lengths: jax.Array | None = None,
+            state: DecodeState | None = None) -> tuple[DecodeState, jax.Array]:
+  """Reads a prompt of any length: whole segments into the memory, the rest into the KV cache.
+
+  The prompt is processed one segment at a time by a scan whose carry is the decode state, and only
+  each prompt's last logits are projected, so memory use does not grow with the prompt length. To
+  stream a prompt too long for one array, call again with the returned ``state`` on the next piece;
+  every piece but the last must then be whole segments.
+
+  Args:
+    model: the transformer.
+    tokens: ``[batch, length]`` int ids, right-padded where prompts are shorter.
+    lengths: ``[batch]`` prompt lengths, 1..length (default: all ``length``).
+    state: state to continue from (default: empty); every sequence must be at a segment boundary.
+
+  Returns:
+    (the decode state after the prompt, float32 logits ``[batch, vocab]`` at each prompt's last
+    token: the distribution of the first new token).
+  """
+  cfg = model.cfg
+  tokens = jnp.asarray(tokens, jnp.int32)
+  batch, length = tokens.shape
+  lengths = (jnp.full((batch,), length, jnp.int32) if lengths is None
+             else jnp.asarray(lengths, jnp.int32))
+  values = _concrete(lengths)
+  if lengths.shape != (batch,) or (values is not None and not ((values >= 1) & (values <= length)).all()):
+    raise ValueError(f"lengths {values if values is not None else lengths.shape} must be "
+                     f"[batch={batch}] values in 1..{length}, the prompts' lengths before padding")
+  if state is None:
+    state = init_state(model, batch)
+  else:
+    positions = _concrete(state.pos)
+    if positions is not None and positions.any():
+      raise ValueError(f"prefill continues only from segment boundaries; the state is at positions "
+                       f"{positions} of its segments: feed earlier pieces as whole segments of "
+                       f"{cfg.segment_len} tokens, or continue with decode_step")
+  padding = -length % cfg.segment_len
+  if padding:
+    tokens = jnp.pad(tokens, ((0, 0), (0, padding)))
+  graphdef, params = nnx.split(model)
+  return _prefill_jit(graphdef, params, state, tokens, lengths)
+
+
+def decode_step(model: InfiniTransformer, state: DecodeState,
+                tokens: jax.Array) -> tuple[jax.Array, DecodeState]:
+  """Feeds one token per sequence: ``tokens [batch]`` -> (float32 logits ``[batch, vocab]``, state).
+
+  The token attends causally to the current segment's cache and reads the memory; when it completes
+  its segment, the segment is folded into that sequence's memory and its cache restarts.
+  """
+  graphdef, params = nnx.split(model)
+  return _decode_step_jit(graphdef, params, state, jnp.asarray(tokens, jnp.int32))
+
+
+# ----------------------------------------------------------------------------- sampling
+
+
+def sample(logits: jax.Array, key: jax.Array | None, temperature: float = 0.0,
+           top_p: float = 1.0) -> jax.Array:
+  """Next token ids ``[batch]`` from ``logits [batch, vocab]``.
+
+  ``temperature=0`` is greedy (argmax; ``key`` unused). Otherwise sampling from
+  ``softmax(logits / temperature)`` restricted to the smallest set of most likely tokens whose
+  probability reaches ``top_p`` (nucleus sampling; the most likely token is always kept).
+  """
+  if temperature == 0.0:
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  logits = logits.astype(jnp.float32) / temperature
+  if top_p < 1.0:
+    descending = jnp.sort(logits, axis=-1)[:, ::-1]
+    probs = jax.nn.softmax(descending, axis=-1)
+    keep = jnp.cumsum(probs, axis=-1) - probs < top_p      # mass before this token not yet top_p
+    threshold = jnp.min(jnp.where(keep, descending, jnp.inf), axis=-1, keepdims=True)
+    logits = jnp.where(logits >= threshold, logits, -jnp.inf)
+  return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
+
+
+@jax.jit(static_argnums=(0, 6, 7, 8, 9))
+def _generate_step(graphdef, params, state, logits, done, key, temperature, top_p, stop_token,
+                   pad_token):
+  """Draws a token per sequence (pad once stopped), then feeds it: the loop body of generate."""
+  token = jnp.where(done, pad_token, sample(logits, key, temperature, top_p))
+  now_done = done if stop_token is None else done | (token == stop_token)
+  next_logits, state = _decode_step(nnx.merge(graphdef, params), state, token)
+  return token, now_done, next_logits, state
+
+
+def generate(model: InfiniTransformer, prompts, max_new_tokens: int, *, lengths=None,
+             temperature: float = 0.0, top_p: float = 1.0, stop_token: int | None = None,
+             pad_token: int = 0, rng: jax.Array | None = None,
+             return_logits: bool = False) -> Generation:
+  """Continues a batch of prompts by up to ``max_new_tokens`` tokens each.
+
+  Args:
+    model: the transformer.
+    prompts: ``[batch, length]`` int ids right-padded to ``lengths``, or a list of 1-D sequences.
+    max_new_tokens: tokens to generate per sequence.
+    lengths: ``[batch]`` prompt lengths for an array of prompts (default: all full).
+    temperature: 0 for greedy decoding, else the softmax temperature.
+    top_p: nucleus sampling mass in (0, 1]; 1 disables it.
+    stop_token: a sequence stops after producing it; its later tokens are ``pad_token``.
+    rng: a ``jax.random.key``, required when ``temperature > 0``; step t uses ``fold_in(rng, t)``.
+    return_logits: also return the logits each token was drawn from.
+  """
+  if temperature < 0:
+    raise ValueError(f"temperature={temperature} must be >= 0 (0 is greedy)")
+  if not 0.0 < top_p <= 1.0:
+    raise ValueError(f"top_p={top_p} must be in (0, 1]; use temperature=0 for greedy decoding")
+  if temperature > 0 and rng is None:
+    raise ValueError(f"temperature={temperature} samples: pass rng=jax.random.key(seed)")
+  if max_new_tokens < 1:
+    raise ValueError(f"max_new_tokens={max_new_tokens} must be at least 1")
+  if isinstance(prompts, (list, tuple)):
+    if lengths is not None:
+      raise ValueError("lengths is taken from the list of prompts; pass it only with an array")
+    lengths = [len(p) for p in prompts]
+    padded = np.zeros((len(prompts), max(lengths)), np.int32)
+    for row, prompt in zip(padded, prompts):
+      row[:len(prompt)] = prompt
+    prompts = padded
+  state, logits = prefill(model, prompts, lengths)
+  graphdef, params = nnx.split(model)
+  batch = logits.shape[0]
+  done = jnp.zeros((batch,), bool)
+  generated = jnp.zeros((batch,), jnp.int32)
+  tokens, all_logits = [], []
+  for t in range(max_new_tokens):
+    if stop_token is not None and bool(done.all()):
+      break
+    key = None if temperature == 0 else jax.random.fold_in(rng, t)
+    generated = generated + (~done)
+    if return_logits:
+      all_logits.append(logits)
+    token, done, logits, state = _generate_step(graphdef, params, state, logits, done, key,
+                                                float(temperature), float(top_p), stop_token,
+                                                pad_token)
+    tokens.append(token)
+  missing = max_new_tokens - len(tokens)
+  out = jnp.stack(tokens + [jnp.full((batch,), pad_token, jnp.int32)] * missing, axis=1)
+  if return_logits:
+    all_logits += [jnp.zeros_like(logits)] * missing
+    return Generation(out, generated, jnp.stack(all_logits, axis=1))
+  return Generation(out, generated, None)
