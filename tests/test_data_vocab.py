@@ -74,8 +74,9 @@ def test_pipeline_with_a_sentencepiece_vocabulary(tmp_path):
   for i in range(4):
     (corpus / f"part{i}.txt").write_text(sonnets[i * 5000:(i + 1) * 5000])
   model = _train_tokenizer_module().train_tokenizer(str(corpus), str(tmp_path / "sp"), 400)
-  cfg = data.DataConfig(task="local", corpus_pattern=str(corpus), vocabulary=f"sentencepiece:{model}",
-                        seq_len=4096, segment_len=1024, batch_size=1, data_dir=str(tmp_path / "tfds"))
+  cfg = data.DataConfig(task="local", corpus_pattern=str(corpus), seq_len=4096,
+                        segment_len=1024, vocabulary=f"sentencepiece:{model}", batch_size=1,
+                        data_dir=str(tmp_path / "tfds"))
   batch = data.build_pipeline(cfg, split="validation").next_global(None)
   n = int(batch["loss_mask"].sum())
   vocab = data.get_vocabulary(cfg.vocabulary)

@@ -53,7 +53,7 @@ CORPORA: dict[str, Corpus] = {
 
 def register_corpus(name: str, pattern: str, validation_files: Sequence[str] = (),
                     validation_fraction: float = 0.05, text_key: str = "text") -> None:
-  """Adds local files as corpus `name`: then `DataConfig(task=name)` and `f"{name}_passkey"` work."""
+  """Adds local files as corpus `name`; `DataConfig(task=name)` and f"{name}_passkey" then work."""
   if name in CORPORA or name == "passkey" or name.endswith("_passkey") or "." in name:
     raise ValueError(f"corpus name {name!r} is taken or reserved; choose another name")
   CORPORA[name] = Corpus(text_key=text_key, pattern=pattern,

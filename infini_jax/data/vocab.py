@@ -43,7 +43,7 @@ _KINDS: dict[str, Callable[[str], seqio.Vocabulary]] = {
 
 @functools.lru_cache(maxsize=None)
 def get_vocabulary(spec: str = "byte") -> seqio.Vocabulary:
-  """The vocabulary named by `spec`; `vocab.vocab_size` is what the model's vocab_size must cover."""
+  """The vocabulary named by `spec`; the model's vocab_size must cover `vocab.vocab_size`."""
   kind, _, arg = spec.partition(":")
   if kind not in _KINDS:
     raise ValueError(
