@@ -1,0 +1,162 @@
+"""The gin command line shared by train, eval and the other entry points (T5X conventions).
+
+``--gin_file=F`` (repeatable), ``--gin_search_paths=A,B``, ``--gin.BINDING=VALUE`` (repeatable;
+``--gin.TRAIN_STEPS=100`` overrides a macro, ``--gin.train.steps=100`` a parameter). Library code
+has no gin decorators: the configurables are registered here, at the boundary.
+
+Errors stop the run before anything starts, naming the flag: a missing file, gin's own message for
+an unknown configurable or parameter, and, which gin does not catch, an override of a macro that no
+gin file defines (a misspelt ``--gin.TRAIN_STEP=`` would otherwise be silently ignored).
+"""
+
+import difflib
+import logging
+import os
+import re
+import sys
+
+import gin
+
+_CONFIGURABLES = {}   # short name -> the gin-wrapped callable
+
+
+class ConfigError(SystemExit):
+  """A configuration error: printed without a traceback, exit status 2."""
+
+  def __init__(self, message: str):
+    super().__init__(f"error: {message}")
+
+
+def register() -> None:
+  """Registers the configurables under short names: ModelConfig, DataConfig, train, ..."""
+  if _CONFIGURABLES:
+    return
+  from infini_jax import inputs, optim, sharding, train
+  from infini_jax.data.config import DataConfig
+  from infini_jax.model import ModelConfig
+  for fn, name in ((ModelConfig, "ModelConfig"), (optim.OptimizerConfig, "OptimizerConfig"),
+                   (DataConfig, "DataConfig"), (inputs.SyntheticData, "SyntheticData"),
+                   (train.MeshConfig, "MeshConfig"), (train.train, "train")):
+    _CONFIGURABLES[name] = gin.external_configurable(fn, name)
+  gin.constant("DEFAULT_RULES", sharding.DEFAULT_RULES)
+
+
+def split_flags(argv):
+  """``argv`` -> (gin files, search paths, [(flag, binding)], other args)."""
+  files, paths, bindings, rest = [], [], [], []
+  for arg in argv:
+    if arg.startswith("--gin_file="):
+      files.append(arg.split("=", 1)[1])
+    elif arg.startswith("--gin_search_paths="):
+      paths.extend(p for p in arg.split("=", 1)[1].split(",") if p)
+    elif arg.startswith("--gin."):
+      name, sep, value = arg[len("--gin."):].partition("=")
+      if not sep:
+        raise ConfigError(f"{arg}: expected --gin.NAME=VALUE")
+      bindings.append((arg, f"{name} = {value}"))
+    else:
+      rest.append(arg)
+  return files, paths, bindings, rest
+
+
+def _find(path: str, search_paths) -> str:
+  for root in ["", *search_paths]:
+    candidate = os.path.join(root, path) if root else path
+    if os.path.isfile(candidate):
+      return candidate
+  raise ConfigError(f"--gin_file={path}: no such file (looked in the current directory"
+                    + (f" and {', '.join(search_paths)}" if search_paths else "")
+                    + "); check the path or add its folder with --gin_search_paths")
+
+
+def _defined_macros() -> set:
+  names = set()
+  for (scope, selector), _ in gin.config._CONFIG.items():   # gin keeps macros as "NAME/gin.macro"
+    if selector == "gin.macro" and scope:
+      names.add(scope)
+  return names
+
+
+def parse(files, search_paths, bindings) -> None:
+  """Parses the gin files then the bindings, one at a time so an error names its flag."""
+  register()
+  gin.clear_config()
+  search_paths = list(search_paths) + [_configs_dir()]
+  for p in search_paths:
+    gin.add_config_file_search_path(p)
+  for f in files:
+    try:
+      gin.parse_config_file(_find(f, search_paths))
+    except ConfigError:
+      raise
+    except Exception as e:   # gin raises ValueError, NameError, IOError, ...
+      raise ConfigError(f"--gin_file={f}: {e}") from None
+  for flag, binding in bindings:
+    name = binding.split("=", 1)[0].strip()
+    if re.fullmatch(r"[A-Z][A-Z0-9_]*", name) and name not in _defined_macros():
+      close = difflib.get_close_matches(name, sorted(_defined_macros()), n=3)
+      raise ConfigError(f"{flag}: no gin file defines the macro {name}"
+                        + (f"; did you mean {' or '.join(close)}?" if close else ""))
+    try:
+      gin.parse_config(binding)
+    except Exception as e:
+      raise ConfigError(f"{flag}: {e}") from None
+
+
+def _configs_dir() -> str:
+  """The repository's configs/ folder, so ``--gin_file=tiny.gin`` also finds shipped configs."""
+  return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+
+
+def bindings_of(name: str) -> dict:
+  """The values gin binds to the parameters of configurable ``name`` (references resolved)."""
+  return gin.get_bindings(name)
+
+
+def _write_config(model_dir: str, text: str) -> None:
+  import jax
+  if jax.process_index() == 0:
+    os.makedirs(model_dir, exist_ok=True)
+    with open(os.path.join(model_dir, "config.gin"), "w") as f:
+      f.write(text)
+
+
+def setup_logging() -> None:
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
+                      stream=sys.stdout)
+  logging.getLogger("absl").setLevel(logging.WARNING)
+  for handler in logging.getLogger().handlers:
+    # gin logs every place it looks for an included file, as errors, before it finds it.
+    handler.addFilter(lambda record: not record.pathname.endswith("resource_reader.py"))
+
+
+def run(entry: str, argv=None) -> None:
+  """Entry point of ``python -m infini_jax.<entry>``: parse flags and gin, then run."""
+  argv = sys.argv[1:] if argv is None else argv
+  files, paths, bindings, rest = split_flags(argv)
+  if rest:
+    raise ConfigError(f"unknown arguments {rest}; use --gin_file=, --gin_search_paths= and "
+                      f"--gin.NAME=VALUE")
+  if not files:
+    raise ConfigError("no --gin_file given; e.g. --gin_file=configs/tiny.gin")
+  setup_logging()
+  parse(files, paths, bindings)
+  from infini_jax import distributed
+  distributed.initialize()   # before anything touches a JAX backend
+  if entry == "train":
+    model_dir = bindings_of("train").get("model_dir")
+    if not model_dir:
+      raise ConfigError("train.model_dir is not set; pass --gin.MODEL_DIR=/path/to/run")
+    # The full config is written first, so a failed run still has it; gin's operative config
+    # (what was actually used) replaces it once train() has run.
+    _write_config(model_dir, gin.config_str())
+    try:
+      result = _CONFIGURABLES["train"]()
+    finally:
+      _write_config(model_dir, gin.operative_config_str())
+    logging.getLogger("infini_jax").info("done: %s", result)
+  elif entry == "eval":
+    import infini_jax.eval as eval_lib
+    eval_lib.run_from_train_bindings(bindings_of("train"))
+  else:
+    raise ValueError(f"unknown entry point {entry!r}")

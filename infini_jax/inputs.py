@@ -1,0 +1,58 @@
+"""Where the trainer's batches come from: the seqio pipeline, or synthetic tokens.
+
+The seqio pipeline (``infini_jax.data``) imports TensorFlow, so it is imported only when a run reads
+real data; synthetic batches need nothing beyond numpy and serve benchmarks, smoke tests and
+machines without TensorFlow.
+"""
+
+import dataclasses
+
+import jax
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticData:
+  """Uniform random tokens; batch k depends only on (seed, k), whatever the number of processes."""
+  batch_size: int = 8
+  seq_len: int = 1024
+  segment_len: int = 256
+  seed: int = 0
+
+
+class SyntheticPipeline:
+  """Per-host view of :class:`SyntheticData`: process i takes rows [i*local, (i+1)*local)."""
+
+  def __init__(self, cfg: SyntheticData, vocab_size: int, shard_index: int, num_shards: int,
+               start_position: int = 0):
+    if cfg.batch_size % num_shards:
+      raise ValueError(f"global batch_size {cfg.batch_size} is not divisible by {num_shards} "
+                       f"processes; set the batch size to a multiple of {num_shards}")
+    self.cfg, self.vocab_size = cfg, vocab_size
+    self.rows = slice(shard_index * cfg.batch_size // num_shards,
+                      (shard_index + 1) * cfg.batch_size // num_shards)
+    self.position = start_position
+
+  def next_local(self) -> dict:
+    rng = np.random.default_rng([self.cfg.seed, self.position])
+    tokens = rng.integers(0, self.vocab_size, (self.cfg.batch_size, self.cfg.seq_len + 1),
+                          dtype=np.int32)[self.rows]
+    self.position += 1
+    return {"inputs": tokens[:, :-1], "targets": tokens[:, 1:],
+            "loss_mask": np.ones(tokens[:, 1:].shape, np.float32)}
+
+  def next_global(self, sharding=None) -> dict:
+    local = self.next_local()
+    if sharding is None:
+      return local
+    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}
+
+
+def make_pipeline(data_cfg, split: str, vocab_size: int, start_position: int = 0):
+  """A per-host pipeline with ``next_global(sharding)`` and ``position``, for this process."""
+  if isinstance(data_cfg, SyntheticData):
+    return SyntheticPipeline(data_cfg, vocab_size, jax.process_index(), jax.process_count(),
+                             start_position)
+  from infini_jax import data  # TensorFlow and seqio, only when real data is read
+  return data.build_pipeline(data_cfg, split=split, shard_index=jax.process_index(),
+                             num_shards=jax.process_count(), start_position=start_position)

@@ -1,0 +1,135 @@
+"""The train and eval steps as pure functions of ``(state, batch)``, and the sharded train state.
+
+The state is a plain dict ``{"params", "opt_state", "step"}`` whose params are the model's nested
+dict of arrays (``nnx.to_pure_dict``), so checkpoints do not depend on Flax object layouts. The loss
+is computed segment by segment inside the segment scan: the logits of a whole long sequence are
+never materialised.
+"""
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from infini_jax import sharding
+from infini_jax.model import InfiniTransformer, ModelConfig, scan_segments
+
+Batch = dict  # "inputs", "targets" int32 [batch, seq]; "loss_mask" float32 [batch, seq]
+
+
+def loss_sums(model: InfiniTransformer, batch: Batch) -> dict:
+  """Per-segment sums ``[segments]`` of the masked NLL, of log Z^2 (z-loss) and of the weights."""
+
+  def head(model, h, extras):
+    targets, mask = extras
+    logits = model.logits(h)                                           # [b, n, vocab] f32
+    log_z = jax.nn.logsumexp(logits, axis=-1)
+    target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    return {"nll": jnp.sum((log_z - target_logit) * mask), "z": jnp.sum(log_z ** 2 * mask),
+            "weight": jnp.sum(mask)}
+
+  outputs, _ = scan_segments(model, batch["inputs"], None, head,
+                             (batch["targets"], batch["loss_mask"]))
+  return outputs
+
+
+@dataclasses.dataclass(frozen=True)
+class StepFns:
+  """The jitted functions of one run, with the shardings they were built for."""
+  init: Callable[[jax.Array], dict]
+  init_opt: Callable[[dict], Any]
+  train: Callable[[dict, Batch], tuple[dict, dict]]
+  eval: Callable[[dict, Batch], dict]   # (params, batch) -> per-segment sums
+  state_shardings: Any
+  abstract_state: Any
+  batch_sharding: Any
+  graphdef: Any
+
+
+def abstract_model(cfg: ModelConfig):
+  """(graphdef, abstract nnx.State of the parameters) without allocating them."""
+  model = nnx.eval_shape(lambda: InfiniTransformer(cfg, rngs=nnx.Rngs(0)))
+  return nnx.split(model, nnx.Param)
+
+
+def build(cfg: ModelConfig, tx: optax.GradientTransformation, mesh, rules, global_batch: int,
+          seq_len: int, *, z_loss: float = 0.0, grad_accum_steps: int = 1,
+          schedule: Callable | None = None) -> StepFns:
+  """Builds the sharded, jitted init/train/eval functions for one configuration."""
+  cfg.num_segments(seq_len)
+  if global_batch % grad_accum_steps:
+    raise ValueError(f"global batch {global_batch} is not divisible by grad_accum_steps="
+                     f"{grad_accum_steps}; change train.grad_accum_steps or the batch size")
+  graphdef, abstract_params = abstract_model(cfg)
+  params_shardings = sharding.param_shardings(abstract_params, mesh, rules)
+  abstract_pure = nnx.to_pure_dict(abstract_params)
+  abstract_opt = jax.eval_shape(tx.init, abstract_pure)
+  state_shardings = {
+      "params": params_shardings,
+      "opt_state": sharding.follow_params(abstract_opt, abstract_pure, params_shardings, mesh),
+      "step": sharding.replicated(mesh),
+  }
+  batch_sharding = sharding.batch_sharding(mesh, rules, global_batch)
+  metric_sharding = sharding.replicated(mesh)
+
+  def init(key):
+    model = InfiniTransformer(cfg, rngs=nnx.Rngs(params=key))
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    return {"params": params, "opt_state": tx.init(params), "step": jnp.zeros((), jnp.int32)}
+
+  def sums_and_grads(params, batch):
+    def objective(params):
+      sums = jax.tree.map(jnp.sum, loss_sums(nnx.merge(graphdef, params), batch))
+      return sums["nll"] + z_loss * sums["z"], sums
+    return jax.grad(objective, has_aux=True)(params)
+
+  def train(state, batch):
+    params = state["params"]
+    if grad_accum_steps == 1:
+      grads, sums = sums_and_grads(params, batch)
+    else:
+      micro = jax.tree.map(
+          lambda x: x.reshape(grad_accum_steps, -1, *x.shape[1:]), batch)
+
+      def accumulate(acc, micro_batch):
+        grads, sums = sums_and_grads(params, micro_batch)
+        return jax.tree.map(jnp.add, acc, (grads, sums)), None
+
+      zeros = jax.tree.map(jnp.zeros_like, (params, {"nll": 0.0, "z": 0.0, "weight": 0.0}))
+      (grads, sums), _ = jax.lax.scan(accumulate, zeros, micro)
+    # Gradients of sums over the whole global batch, divided once: exact for any accumulation.
+    weight = jnp.maximum(sums["weight"], 1.0)
+    grads = jax.tree.map(lambda g: g / weight, grads)
+    updates, opt_state = tx.update(grads, state["opt_state"], params)
+    new_state = {"params": optax.apply_updates(params, updates), "opt_state": opt_state,
+                 "step": state["step"] + 1}
+    metrics = {"loss": sums["nll"] / weight, "z_loss": sums["z"] / weight,
+               "tokens": sums["weight"], "grad_norm": optax.global_norm(grads),
+               "param_norm": optax.global_norm(params)}
+    if schedule is not None:
+      metrics["learning_rate"] = schedule(state["step"])
+    if cfg.memory == "infini":
+      metrics["gates"] = jax.nn.sigmoid(params["blocks"]["attn"]["beta"])   # [layers, heads]
+    return new_state, metrics
+
+  def evaluate(params, batch):
+    per_segment = loss_sums(nnx.merge(graphdef, params), batch)
+    return {"nll": per_segment["nll"], "weight": per_segment["weight"]}   # [segments] each
+
+  return StepFns(
+      init=jax.jit(init, out_shardings=state_shardings),
+      init_opt=jax.jit(tx.init, out_shardings=state_shardings["opt_state"]),
+      train=jax.jit(train, in_shardings=(state_shardings, batch_sharding),
+                    out_shardings=(state_shardings, metric_sharding), donate_argnums=(0,)),
+      eval=jax.jit(evaluate, in_shardings=(params_shardings, batch_sharding),
+                   out_shardings=metric_sharding),
+      state_shardings=state_shardings,
+      abstract_state=jax.tree.map(
+          lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+          jax.eval_shape(init, jax.random.key(0)), state_shardings),
+      batch_sharding=batch_sharding,
+      graphdef=graphdef,
+  )

@@ -1,0 +1,203 @@
+"""The trainer through its real entry point: gin, meshes, two processes, resume, continual pretraining."""
+
+import glob
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMOKE = os.path.join(ROOT, "tests", "configs", "smoke.gin")
+
+
+def run_train(model_dir, *bindings, devices=1, env=None, entry="train", check=True, wait=True):
+  cmd = [sys.executable, "-m", f"infini_jax.{entry}", f"--gin_file={SMOKE}",
+         f"--gin.MODEL_DIR='{model_dir}'", *bindings]
+  full_env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+              "JAX_PLATFORMS": "cpu", **(env or {})}
+  if not wait:
+    return subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+  proc = subprocess.run(cmd, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=600)
+  if check and proc.returncode != 0:
+    raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+  return proc
+
+
+def losses(model_dir):
+  """step -> train loss from metrics.jsonl (a resumed run appends; later lines win)."""
+  out = {}
+  with open(os.path.join(model_dir, "metrics.jsonl")) as f:
+    for line in f:
+      rec = json.loads(line)
+      if rec.get("kind") == "train":
+        out[rec["step"]] = rec["loss"]
+  return out
+
+
+# ---------------------------------------------------------------------------------------------
+# gin
+
+@pytest.mark.parametrize("flag, message", [
+    ("--gin.train.stepz=3", "--gin.train.stepz=3: Configurable 'train' doesn't have a parameter named 'stepz'"),
+    ("--gin.ModelConfg.d_model=3", "No configurable matching 'ModelConfg'"),
+    ("--gin.TRAIN_STEP=3", "--gin.TRAIN_STEP=3: no gin file defines the macro TRAIN_STEP; did you mean TRAIN_STEPS?"),
+    ("--gin_file=configs/nope.gin", "--gin_file=configs/nope.gin: no such file"),
+])
+def test_bad_flags_stop_at_once_naming_the_flag(tmp_path, flag, message):
+  proc = run_train(tmp_path / "run", flag, check=False)
+  assert proc.returncode != 0
+  assert message in proc.stderr, proc.stderr[-2000:]
+  assert not os.path.exists(tmp_path / "run" / "checkpoints")   # nothing started
+
+
+def test_every_shipped_config_parses_and_builds_at_full_size():
+  import gin
+  import jax
+  from infini_jax import cli
+  from infini_jax.step import abstract_model
+  expected = {"tiny.gin": None, "paper_lm.gin": None,
+              "1b.gin": 1_235_814_400 + 16 * 32,      # Llama-3.2-1B + one gate per head and layer
+              "8b.gin": 8_030_261_248 + 32 * 32}      # Llama-3-8B  + gates
+  for name, want in expected.items():
+    cli.parse([os.path.join("configs", name)], [], [])
+    bound = cli.bindings_of("train")
+    graphdef, abstract = abstract_model(bound["model"])
+    count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract))
+    assert bound["data"].seq_len % bound["model"].segment_len == 0, name
+    if want is not None:
+      assert count == want, f"{name}: {count:,} parameters, expected {want:,}"
+  gin.clear_config()
+
+
+# ---------------------------------------------------------------------------------------------
+# meshes and processes
+
+def test_eight_devices_agree_with_one(tmp_path):
+  run_train(tmp_path / "one", "--gin.TRAIN_STEPS=3", devices=1)
+  run_train(tmp_path / "eight", "--gin.TRAIN_STEPS=3", "--gin.MeshConfig.data=2",
+            "--gin.MeshConfig.fsdp=2", "--gin.MeshConfig.tensor=2", devices=8)
+  one, eight = losses(tmp_path / "one"), losses(tmp_path / "eight")
+  assert sorted(one) == [1, 2, 3]
+  np.testing.assert_allclose([eight[s] for s in one], [one[s] for s in one], rtol=2e-5)
+  assert one[3] < one[1]
+
+
+def free_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_agree_with_one(tmp_path):
+  run_train(tmp_path / "single", "--gin.TRAIN_STEPS=3", devices=2)
+  port = free_port()
+  procs = [run_train(tmp_path / "multi", "--gin.TRAIN_STEPS=3", devices=1, wait=False,
+                     env={"INFINI_COORDINATOR": f"127.0.0.1:{port}", "INFINI_NUM_PROCESSES": "2",
+                          "INFINI_PROCESS_ID": str(i)})
+           for i in range(2)]
+  outputs = [p.communicate(timeout=600)[0] for p in procs]
+  for p, out in zip(procs, outputs):
+    assert p.returncode == 0, out[-4000:]
+  single, multi = losses(tmp_path / "single"), losses(tmp_path / "multi")
+  assert sorted(multi) == [1, 2, 3]
+  np.testing.assert_allclose([multi[s] for s in single], [single[s] for s in single], rtol=2e-5)
+  assert "step       1" not in outputs[1]     # only process 0 logs
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpoints
+
+def test_resume_after_kill_is_bit_exact(tmp_path):
+  steps = ["--gin.TRAIN_STEPS=10", "--gin.train.checkpoint_every=3"]
+  run_train(tmp_path / "straight", *steps)
+  proc = run_train(tmp_path / "killed", *steps, "--gin.train.log_every=1", wait=False)
+  ckpts = tmp_path / "killed" / "checkpoints"
+  deadline = time.time() + 300
+  while time.time() < deadline and not glob.glob(str(ckpts / "6")):
+    time.sleep(0.2)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert glob.glob(str(ckpts / "3")), "the run was killed before its first checkpoint"
+  run_train(tmp_path / "killed", *steps)
+  straight, killed = losses(tmp_path / "straight"), losses(tmp_path / "killed")
+  assert sorted(killed) == list(range(1, 11))
+  for s in range(1, 11):
+    assert killed[s] == straight[s], f"step {s}: {killed[s]!r} != {straight[s]!r}"
+
+
+def test_corrupted_newest_checkpoint_is_skipped_on_resume(tmp_path):
+  run_train(tmp_path / "run", "--gin.TRAIN_STEPS=4", "--gin.train.checkpoint_every=2")
+  newest = tmp_path / "run" / "checkpoints" / "4"
+  data_files = [f for f in glob.glob(str(newest / "state" / "**" / "*"), recursive=True)
+                if os.path.isfile(f) and os.path.getsize(f) > 64 and "d" in os.path.basename(f)]
+  with open(max(data_files, key=os.path.getsize), "r+b") as f:   # truncate the largest array file
+    f.truncate(16)
+  proc = run_train(tmp_path / "run", "--gin.TRAIN_STEPS=6", "--gin.train.checkpoint_every=2")
+  assert "4" in proc.stdout + proc.stderr and "skip" in (proc.stdout + proc.stderr).lower()
+  assert sorted(losses(tmp_path / "run"))[-2:] == [5, 6]
+  straight = tmp_path / "straight"
+  run_train(straight, "--gin.TRAIN_STEPS=6", "--gin.train.checkpoint_every=2")
+  assert losses(tmp_path / "run")[3] == losses(straight)[3]   # steps 3, 4 redone from step 2
+
+
+def test_sigterm_saves_and_exits_cleanly(tmp_path):
+  proc = run_train(tmp_path / "run", "--gin.TRAIN_STEPS=100000", "--gin.train.checkpoint_every=1000",
+                   wait=False)
+  metrics = tmp_path / "run" / "metrics.jsonl"
+  deadline = time.time() + 300
+  while time.time() < deadline and not (metrics.exists() and metrics.stat().st_size > 0):
+    time.sleep(0.2)
+  proc.send_signal(signal.SIGTERM)
+  out = proc.communicate(timeout=300)[0]
+  assert proc.returncode == 0, out[-3000:]
+  steps = [int(os.path.basename(p)) for p in glob.glob(str(tmp_path / "run" / "checkpoints" / "[0-9]*"))]
+  assert steps and max(steps) < 1000    # a save outside the schedule: the preemption save
+
+
+# ---------------------------------------------------------------------------------------------
+# continual pretraining and the optimizer's gate multiplier
+
+def test_continual_pretraining_at_another_length_adds_gates(tmp_path):
+  run_train(tmp_path / "base", "--gin.TRAIN_STEPS=2", "--gin.ModelConfig.memory='none'")
+  proc = run_train(tmp_path / "long", "--gin.TRAIN_STEPS=2", "--gin.SEQ_LEN=128",
+                   f"--gin.train.init_from='{tmp_path / 'base' / 'checkpoints'}'")
+  out = proc.stdout + proc.stderr
+  assert "missing parameters blocks/attn/beta" in out
+  assert sorted(losses(tmp_path / "long")) == [1, 2]
+  # The continued run starts from the base run's weights, not from a fresh initialisation:
+  fresh = run_train(tmp_path / "fresh", "--gin.TRAIN_STEPS=2", "--gin.SEQ_LEN=128")
+  assert losses(tmp_path / "long")[1] < losses(tmp_path / "fresh")[1]
+
+
+def test_gate_multiplier_moves_gates_when_weights_barely_move(tmp_path):
+  import jax
+  from flax import nnx
+  from infini_jax import checkpoint, inputs, optim, train
+  from infini_jax.model import InfiniTransformer, ModelConfig
+  model = ModelConfig(vocab_size=384, num_layers=2, d_model=32, num_heads=4, num_kv_heads=2,
+                      mlp_dim=64, segment_len=16)
+  data = inputs.SyntheticData(batch_size=4, seq_len=64, segment_len=16)
+  opt = optim.OptimizerConfig(learning_rate=1e-5, warmup_steps=0, total_steps=5,
+                              schedule="constant", gate_lr_multiplier=1000.0, weight_decay=0.0)
+  train.train(model=model, optimizer=opt, data=data, model_dir=str(tmp_path), steps=5,
+              checkpoint_every=5, log_every=5, seed=0)
+  initial = nnx.to_pure_dict(nnx.state(
+      InfiniTransformer(model, rngs=nnx.Rngs(params=jax.random.key(0))), nnx.Param))
+  final, _ = checkpoint.restore_params(tmp_path / "checkpoints", initial)
+  moved = lambda *path: np.abs(np.asarray(_get(final, path)) - np.asarray(_get(initial, path))).mean()
+  gates, weights = moved("blocks", "attn", "beta"), moved("blocks", "attn", "w_q")
+  assert weights < 1e-3
+  assert gates > 100 * weights, (gates, weights)
+
+
+def _get(tree, path):
+  for k in path:
+    tree = tree[k]
+  return tree
