@@ -56,19 +56,27 @@ class InfiniAttention(nnx.Module):
     self.w_k = param(rngs, init_in, (cfg.d_model, kv, d), ("embed", "kv_heads", "head_dim"))
     self.w_v = param(rngs, init_in, (cfg.d_model, kv, d), ("embed", "kv_heads", "head_dim"))
     self.w_o = param(rngs, init_out, (h, d, cfg.d_model), ("heads", "head_dim", "embed"))
+    if cfg.qkv_bias:
+      zeros = nnx.initializers.zeros
+      self.b_q = param(rngs, zeros, (h, d), ("heads", "head_dim"))
+      self.b_k = param(rngs, zeros, (kv, d), ("kv_heads", "head_dim"))
+      self.b_v = param(rngs, zeros, (kv, d), ("kv_heads", "head_dim"))
     if cfg.memory == "infini":
       self.beta = param(rngs, nnx.initializers.constant(cfg.gate_init), (h,), ("heads",))
 
   def __call__(self, x: jax.Array, memory: mem.Memory | None):
     """``x [b, n, d_model]``, memory of the previous segments -> (``[b, n, d_model]``, new memory)."""
     cfg, dtype = self.cfg, x.dtype
-    project = lambda w: jnp.einsum("bnd,dhk->bnhk", x, w[...].astype(dtype))
-    q = constrain(project(self.w_q), ("batch", "seq", "heads", "head_dim"))
-    k = constrain(project(self.w_k), ("batch", "seq", "kv_heads", "head_dim"))
-    v = constrain(project(self.w_v), ("batch", "seq", "kv_heads", "head_dim"))
+    def project(name):
+      out = jnp.einsum("bnd,dhk->bnhk", x, getattr(self, "w_" + name)[...].astype(dtype))
+      return out + getattr(self, "b_" + name)[...].astype(dtype) if cfg.qkv_bias else out
+
+    q = constrain(project("q"), ("batch", "seq", "heads", "head_dim"))
+    k = constrain(project("k"), ("batch", "seq", "kv_heads", "head_dim"))
+    v = constrain(project("v"), ("batch", "seq", "kv_heads", "head_dim"))
     # RoPE on the local path only: the memory reads and writes the un-rotated q, k.
-    attended = local_attention(rope(q, cfg.rope_theta), rope(k, cfg.rope_theta), v,
-                               cfg.attention_impl)
+    rotate = lambda t: rope(t, cfg.rope_theta, scaling=cfg.rope_scaling)
+    attended = local_attention(rotate(q), rotate(k), v, cfg.attention_impl)
     if cfg.memory == "infini":
       from_memory = retrieve_grouped(memory, q)                     # read before the write
       memory = mem.update(memory, k, v, cfg.update_rule)

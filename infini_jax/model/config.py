@@ -8,6 +8,8 @@ MEMORY_KINDS = ("infini", "none")
 REMAT_POLICIES = ("segment", "segment_and_layer", "none")
 ATTENTION_IMPLS = ("xla", "cudnn", "reference")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+ROPE_SCALING_KEYS = ("factor", "high_freq_factor", "low_freq_factor",
+                     "original_max_position_embeddings")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,6 +33,9 @@ class ModelConfig:
     rope_theta: RoPE base frequency.
     norm_eps: RMSNorm epsilon.
     tie_embeddings: use the embedding matrix as the output projection.
+    rope_scaling: None, or Llama 3.1's RoPE frequency scaling as sorted (key, value) pairs with
+      the keys ROPE_SCALING_KEYS (a dict is accepted and converted, so the config stays hashable).
+    qkv_bias: biases on the query/key/value projections (Qwen2).
   """
 
   vocab_size: int = 259
@@ -50,12 +55,20 @@ class ModelConfig:
   rope_theta: float = 10_000.0
   norm_eps: float = 1e-6
   tie_embeddings: bool = False
+  rope_scaling: tuple | None = None
+  qkv_bias: bool = False
 
   def __post_init__(self):
     def one_of(key, value, allowed):
       if value not in allowed:
         raise ValueError(f"ModelConfig.{key}={value!r} is not one of {', '.join(map(str, allowed))}")
 
+    if self.rope_scaling is not None:
+      pairs = tuple(sorted(dict(self.rope_scaling).items()))
+      if tuple(k for k, _ in pairs) != ROPE_SCALING_KEYS:
+        raise ValueError(f"ModelConfig.rope_scaling={self.rope_scaling!r} must have exactly the "
+                         f"keys {', '.join(ROPE_SCALING_KEYS)}")
+      object.__setattr__(self, "rope_scaling", pairs)
     one_of("memory", self.memory, MEMORY_KINDS)
     one_of("update_rule", self.update_rule, ("linear", "delta"))
     one_of("remat", self.remat, REMAT_POLICIES)
