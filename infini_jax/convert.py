@@ -1,0 +1,127 @@
+"""Hugging Face Llama-family weights <-> our checkpoints, from the command line.
+
+  python -m infini_jax.convert --from_hf=DIR --out=CKPT [--gin_file=F --gin.NAME=VALUE ...]
+      Reads config.json + *.safetensors lazily into every device's shard (all devices, fsdp), adds
+      the gates beta at ModelConfig.gate_init, and writes a checkpoint that train.init_from (and
+      checkpoint.restore_params) reads, plus CKPT/model_config.json. Without --gin_file the
+      model is the one config.json describes (with ModelConfig's defaults for our own fields);
+      with it, gin's ModelConfig must match the weights' sizes.
+  python -m infini_jax.convert --print_gin --from_hf=DIR
+      Prints ``ModelConfig.FIELD = VALUE`` gin bindings for the model the weights describe.
+  python -m infini_jax.convert --to_hf=DIR --checkpoint=CKPT [--step=N] [--gin_file=F ...]
+      Writes our checkpoint (a converted one or a run's model_dir) in the HF layout: config.json,
+      model.safetensors with the gates as extra tensors, and a README.md naming them. The model
+      config comes from --gin_file (e.g. the run's config.gin), else CKPT/model_config.json.
+
+``train.init_from="hf:DIR"`` reads HF weights directly through :func:`load_hf_params`.
+"""
+
+import argparse
+import logging
+import os
+import sys
+
+import jax
+
+from infini_jax.hf.llama import (MissingTensorError, UnexpectedTensorError, abstract_params,
+                                 config_from_hf, config_from_json, config_to_json, export_hf,
+                                 gin_bindings, load_hf_params, read_hf_config)
+from infini_jax.model import ModelConfig
+
+__all__ = ["convert", "load_hf_params", "export_checkpoint", "MissingTensorError",
+           "UnexpectedTensorError", "main"]
+
+log = logging.getLogger("infini_jax.convert")
+
+MODEL_CONFIG_FILE = "model_config.json"
+
+
+def convert(hf_dir, out_dir, cfg: ModelConfig | None = None, *, mesh=None, rules=None) -> dict:
+  """HF weights in ``hf_dir`` -> a checkpoint (step 0, ``{"params": ...}``) in ``out_dir``.
+
+  Returns the load report. ``cfg`` None derives the model from config.json.
+  """
+  from infini_jax.checkpoint import Checkpointer
+  if cfg is None:
+    cfg = config_from_hf(read_hf_config(hf_dir))
+  params, report = load_hf_params(hf_dir, cfg, abstract_params(cfg, mesh, rules))
+  with Checkpointer(out_dir, save_every=1, keep_last=1, async_save=False) as ckpt:
+    if ckpt.all_steps():
+      raise FileExistsError(f"{out_dir} already holds checkpoint steps {ckpt.all_steps()}; "
+                            f"convert into an empty directory")
+    ckpt.save(0, {"params": params}, data_position=0, force=True)
+    ckpt.wait()
+  if jax.process_index() == 0:
+    with open(os.path.join(os.fspath(out_dir), MODEL_CONFIG_FILE), "w") as f:
+      f.write(config_to_json(cfg))
+  return report
+
+
+def export_checkpoint(checkpoint_dir, hf_dir, cfg: ModelConfig | None = None,
+                      step: int | None = None) -> None:
+  """Our checkpoint (newest good step, or ``step``) -> the HF layout in ``hf_dir``."""
+  from infini_jax.checkpoint import restore_params
+  if cfg is None:
+    path = os.path.join(os.fspath(checkpoint_dir), MODEL_CONFIG_FILE)
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f"{path} not found: pass the run's model config with --gin_file "
+                              f"(e.g. {checkpoint_dir}/config.gin)")
+    with open(path) as f:
+      cfg = config_from_json(f.read())
+  params, report = restore_params(checkpoint_dir, abstract_params(cfg), step=step)
+  if report["missing"]:
+    raise ValueError(f"checkpoint {checkpoint_dir} lacks parameters {report['missing']} of the "
+                     f"model config")
+  export_hf(params, cfg, hf_dir)
+
+
+def _gin_model_config(argv) -> tuple[ModelConfig | None, list]:
+  """ModelConfig from --gin_file/--gin.* flags (None without them), and the other arguments."""
+  from infini_jax import cli
+  files, paths, bindings, rest = cli.split_flags(argv)
+  if not files and not bindings:
+    return None, rest
+  cli.parse(files, paths, bindings)
+  return ModelConfig(**cli.bindings_of("ModelConfig")), rest
+
+
+def main(argv=None) -> None:
+  argv = sys.argv[1:] if argv is None else argv
+  cfg, rest = _gin_model_config(argv)
+  parser = argparse.ArgumentParser(prog="python -m infini_jax.convert", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--from_hf", help="Hugging Face model directory to read")
+  parser.add_argument("--out", help="checkpoint directory to write (with --from_hf)")
+  parser.add_argument("--print_gin", action="store_true", help="print ModelConfig gin bindings")
+  parser.add_argument("--to_hf", help="Hugging Face directory to write (with --checkpoint)")
+  parser.add_argument("--checkpoint", help="our checkpoint directory to export (with --to_hf)")
+  parser.add_argument("--step", type=int, default=None, help="checkpoint step (default newest)")
+  args = parser.parse_args(rest)
+  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+  if args.print_gin:
+    if not args.from_hf:
+      parser.error("--print_gin needs --from_hf=DIR")
+    sys.stdout.write(gin_bindings(config_from_hf(read_hf_config(args.from_hf)), args.from_hf))
+  elif args.from_hf:
+    if not args.out:
+      parser.error("--from_hf needs --out=DIR (or --print_gin)")
+    from infini_jax import distributed
+    from infini_jax.sharding import make_mesh
+    distributed.initialize()
+    report = convert(args.from_hf, args.out, cfg, mesh=make_mesh(fsdp=-1))
+    if report["initialised"]:
+      log.info("initialised (not in the HF weights): %s", ", ".join(report["initialised"]))
+    if report["extra"]:
+      log.info("not used: %s", ", ".join(report["extra"]))
+    log.info("wrote %s", args.out)
+  elif args.to_hf:
+    if not args.checkpoint:
+      parser.error("--to_hf needs --checkpoint=DIR")
+    export_checkpoint(args.checkpoint, args.to_hf, cfg, args.step)
+    log.info("wrote %s", args.to_hf)
+  else:
+    parser.error("give --from_hf=DIR with --out=DIR or --print_gin, or --to_hf=DIR --checkpoint=DIR")
+
+
+if __name__ == "__main__":
+  main()

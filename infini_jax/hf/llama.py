@@ -1,0 +1,503 @@
+"""Llama-family weights in the Hugging Face layout <-> our parameter tree.
+
+Supports Llama 2, Llama 3 / 3.1 / 3.2 (GQA, ``rope_theta``, the ``llama3`` rope scaling, tied
+embeddings), Mistral, and Qwen2/2.5 (q/k/v biases). Reading is lazy: every parameter is built by
+``jax.make_array_from_callback`` whose callback reads from the ``*.safetensors`` files only the
+slice one device holds (for the stacked ``[layers, ...]`` parameters, only the layers in that
+slice), so no host ever holds more than its own shards plus one shard in flight. On a multi-host
+mesh every host reads only what its devices hold.
+
+Layouts (HF ``nn.Linear`` weights are ``[out, in]``; RoPE is rotate-half in both, so the q/k
+weights are taken as stored):
+
+  model.embed_tokens.weight         [V, D]       -> embed/embedding          [V, D]
+  lm_head.weight                    [V, D]       -> unembed                  [D, V] (absent if tied)
+  model.norm.weight                 [D]          -> final_norm/scale         [D]
+  model.layers.{i}.
+    input_layernorm.weight          [D]          -> blocks/attn_norm/scale   [L, D]
+    self_attn.q_proj.weight         [H*hd, D]    -> blocks/attn/w_q          [L, D, H, hd]
+    self_attn.{k,v}_proj.weight     [KV*hd, D]   -> blocks/attn/w_{k,v}      [L, D, KV, hd]
+    self_attn.{q,k,v}_proj.bias     [H*hd]       -> blocks/attn/b_{q,k,v}    [L, H, hd] (qkv_bias)
+    self_attn.o_proj.weight         [D, H*hd]    -> blocks/attn/w_o          [L, H, hd, D]
+    self_attn.infini_gate           [H]          -> blocks/attn/beta         [L, H] (ours; else gate_init)
+    post_attention_layernorm.weight [D]          -> blocks/mlp_norm/scale    [L, D]
+    mlp.{gate,up}_proj.weight       [F, D]       -> blocks/mlp/w_{gate,up}   [L, D, F]
+    mlp.down_proj.weight            [D, F]       -> blocks/mlp/w_down        [L, F, D]
+"""
+
+import contextlib
+import dataclasses
+import json
+import os
+import re
+import warnings
+from typing import NamedTuple
+
+import jax
+import numpy as np
+
+from infini_jax.model.config import ModelConfig
+from infini_jax.sharding import logical_to_spec
+
+
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
+GATE_TENSOR = "model.layers.{i}.self_attn.infini_gate"
+# Buffers some older Llama checkpoints carry; they are recomputed from the config, never read.
+_IGNORED = re.compile(r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq")
+
+# (ModelConfig field, config.json key): the sizes a config must share with the weights.
+SIZE_FIELDS = (("num_layers", "num_hidden_layers"), ("d_model", "hidden_size"),
+               ("num_heads", "num_attention_heads"), ("num_kv_heads", "num_key_value_heads"),
+               ("head_dim", "head_dim"), ("vocab_size", "vocab_size"),
+               ("mlp_dim", "intermediate_size"), ("tie_embeddings", "tie_word_embeddings"),
+               ("qkv_bias", "attention_bias"))
+# Fields that change the function but not the shapes: a differing value is warned about, since
+# continual pretraining may change them on purpose (e.g. a longer-context rope_theta).
+_SOFT_FIELDS = ("rope_theta", "rope_scaling", "norm_eps")
+# What --print_gin prints: everything config.json determines.
+GIN_FIELDS = ("vocab_size", "num_layers", "d_model", "num_heads", "num_kv_heads", "head_dim",
+              "mlp_dim", "rope_theta", "rope_scaling", "norm_eps", "tie_embeddings", "qkv_bias")
+# Our own fields that export_hf stores under "infini_attention" in config.json.
+_INFINI_FIELDS = ("segment_len", "memory", "update_rule", "gate_init")
+
+
+class MissingTensorError(ValueError):
+  """The config needs tensors that the safetensors files do not hold."""
+
+
+class UnexpectedTensorError(ValueError):
+  """The safetensors files hold tensors that the config has no parameter for."""
+
+
+# ---------------------------------------------------------------------------------------------
+# config.json <-> ModelConfig
+
+
+def read_hf_config(hf_dir) -> dict:
+  path = os.path.join(os.fspath(hf_dir), "config.json")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"{path} not found: --from_hf must be a Hugging Face model directory "
+                            f"(config.json and *.safetensors)")
+  with open(path) as f:
+    return json.load(f)
+
+
+def _rope(hf: dict) -> tuple[float, tuple | None]:
+  """(rope_theta, rope_scaling pairs) from config.json: transformers < 5 (``rope_theta`` +
+  ``rope_scaling``) or >= 5 (both inside ``rope_parameters``)."""
+  params = hf.get("rope_parameters") or {}
+  theta = float(params.get("rope_theta", hf.get("rope_theta", 10_000.0)))
+  scaling = hf.get("rope_scaling") or params
+  kind = scaling.get("rope_type", scaling.get("type", "default"))
+  if kind == "default":
+    return theta, None
+  if kind != "llama3":
+    raise ValueError(f"rope scaling type {kind!r} in config.json is not supported (only 'llama3' "
+                     f"and none); ModelConfig has no field for it")
+  keys = ("factor", "high_freq_factor", "low_freq_factor", "original_max_position_embeddings")
+  return theta, tuple((k, scaling[k]) for k in keys)
+
+
+def config_from_hf(hf: dict, **overrides) -> ModelConfig:
+  """The ModelConfig that a Hugging Face ``config.json`` (as a dict) describes; ``overrides``
+  set our own fields (segment_len, memory, gate_init, dtype, ...)."""
+  model_type = hf.get("model_type")
+  if model_type not in SUPPORTED_MODEL_TYPES:
+    raise ValueError(f"config.json model_type={model_type!r} is not supported; use one of "
+                     f"{', '.join(SUPPORTED_MODEL_TYPES)}")
+  if hf.get("hidden_act", "silu") != "silu":
+    raise ValueError(f"config.json hidden_act={hf['hidden_act']!r}: only 'silu' (SwiGLU) is supported")
+  if hf.get("mlp_bias"):
+    raise ValueError("config.json mlp_bias=true: MLP biases are not supported")
+  if model_type != "qwen2" and hf.get("attention_bias"):
+    raise ValueError("config.json attention_bias=true also puts a bias on o_proj, which "
+                     "ModelConfig has no field for")
+  heads = hf["num_attention_heads"]
+  theta, scaling = _rope(hf)
+  fields = dict(
+      vocab_size=hf["vocab_size"], num_layers=hf["num_hidden_layers"], d_model=hf["hidden_size"],
+      num_heads=heads, num_kv_heads=hf.get("num_key_value_heads") or heads,
+      head_dim=hf.get("head_dim") or hf["hidden_size"] // heads, mlp_dim=hf["intermediate_size"],
+      rope_theta=theta, rope_scaling=scaling, norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+      tie_embeddings=bool(hf.get("tie_word_embeddings", False)), qkv_bias=model_type == "qwen2")
+  infini = hf.get("infini_attention") or {}        # present in what export_hf wrote
+  fields.update({k: infini[k] for k in _INFINI_FIELDS if k in infini})
+  fields.update(overrides)
+  return ModelConfig(**fields)
+
+
+def check_config(cfg: ModelConfig, hf: dict, where: str) -> None:
+  """Raises ValueError naming the field and both values where ``cfg`` cannot hold the weights."""
+  want = config_from_hf(hf)
+  for field, key in SIZE_FIELDS:
+    ours, theirs = (getattr(c, "dim_per_head" if field == "head_dim" else field) for c in (cfg, want))
+    if ours != theirs:
+      raise ValueError(f"ModelConfig.{field}={ours!r} does not match the weights in {where}: their "
+                       f"config.json gives {key}={theirs!r}; set ModelConfig.{field} = {theirs!r}")
+  for field in _SOFT_FIELDS:
+    if getattr(cfg, field) != getattr(want, field):
+      warnings.warn(f"ModelConfig.{field}={getattr(cfg, field)!r} differs from the "
+                    f"{getattr(want, field)!r} the weights in {where} were trained with")
+
+
+def hf_config(cfg: ModelConfig) -> dict:
+  """config.json for ``cfg`` (Llama, or Qwen2 with q/k/v biases), our own fields under
+  ``infini_attention``."""
+  scaling = None if cfg.rope_scaling is None else {"rope_type": "llama3", **dict(cfg.rope_scaling)}
+  return {
+      "architectures": ["Qwen2ForCausalLM" if cfg.qkv_bias else "LlamaForCausalLM"],
+      "model_type": "qwen2" if cfg.qkv_bias else "llama",
+      "vocab_size": cfg.vocab_size, "hidden_size": cfg.d_model, "intermediate_size": cfg.mlp_dim,
+      "num_hidden_layers": cfg.num_layers, "num_attention_heads": cfg.num_heads,
+      "num_key_value_heads": cfg.num_kv_heads, "head_dim": cfg.dim_per_head,
+      "hidden_act": "silu", "rms_norm_eps": cfg.norm_eps, "rope_theta": cfg.rope_theta,
+      "rope_scaling": scaling, "tie_word_embeddings": cfg.tie_embeddings,
+      "attention_bias": False, "mlp_bias": False, "torch_dtype": "float32",
+      # The local path never sees a position past the segment.
+      "max_position_embeddings": cfg.segment_len,
+      "infini_attention": {**{k: getattr(cfg, k) for k in _INFINI_FIELDS},
+                           "gate_tensor": GATE_TENSOR},
+  }
+
+
+def gin_bindings(cfg: ModelConfig, source: str = "") -> str:
+  """``ModelConfig.FIELD = VALUE`` lines for the fields config.json determines."""
+  lines = [f"# ModelConfig of the Hugging Face weights{' in ' + source if source else ''}",
+           "# (segment_len, memory, update_rule, gate_init, dtype are run choices: set them)"]
+  lines += [f"ModelConfig.{f} = {getattr(cfg, 'dim_per_head' if f == 'head_dim' else f)!r}"
+            for f in GIN_FIELDS]
+  return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# Tensor layouts: one per-layer parameter of ours <-> one HF tensor
+
+
+def _hf_shape(layout: str, shape: tuple) -> tuple:
+  """The HF tensor's shape for our per-layer ``shape``."""
+  return {"copy": lambda: shape,
+          "transpose": lambda: shape[::-1],
+          "heads_in": lambda: (shape[1] * shape[2], shape[0]),     # [D, H, hd] <- [H*hd, D]
+          "heads_out": lambda: (shape[2], shape[0] * shape[1]),    # [H, hd, D] <- [D, H*hd]
+          "heads_bias": lambda: (shape[0] * shape[1],)}[layout]()  # [H, hd] <- [H*hd]
+
+
+def _read(layout: str, get, index: tuple, shape: tuple) -> np.ndarray:
+  """Our ``x[index]`` (``index`` a tuple of unit-step slices over our per-layer ``shape``) from
+  ``get(hf_index)``, which reads a slice of the HF tensor. A head range is one contiguous row or
+  column block in HF; a ``head_dim`` sub-range is cut from it after reading."""
+  if layout == "copy":
+    return get(index)
+  if layout == "transpose":
+    return get(index[::-1]).T
+  if layout == "heads_in":
+    d, h, k = index
+    block = get((_head_rows(h, shape[2]), d))
+    return block.reshape(h.stop - h.start, shape[2], -1)[:, k].transpose(2, 0, 1)
+  if layout == "heads_out":
+    h, k, d = index
+    block = get((d, _head_rows(h, shape[1])))
+    return block.reshape(block.shape[0], h.stop - h.start, shape[1])[:, :, k].transpose(1, 2, 0)
+  if layout == "heads_bias":
+    h, k = index
+    return get((_head_rows(h, shape[1]),)).reshape(h.stop - h.start, shape[1])[:, k]
+  raise ValueError(f"unknown layout {layout!r}")
+
+
+def _head_rows(heads: slice, head_dim: int) -> slice:
+  return slice(heads.start * head_dim, heads.stop * head_dim)
+
+
+def _to_hf(layout: str, x: np.ndarray) -> np.ndarray:
+  """Inverse of :func:`_read` for a whole per-layer array."""
+  out = {"copy": lambda: x,
+         "transpose": lambda: x.T,
+         "heads_in": lambda: x.reshape(x.shape[0], -1).T,
+         "heads_out": lambda: x.reshape(-1, x.shape[-1]).T,
+         "heads_bias": lambda: x.reshape(-1)}[layout]()
+  return np.ascontiguousarray(out)
+
+
+class _Tensor(NamedTuple):
+  path: tuple          # our parameter path
+  name: str            # HF tensor name; "{i}" is the layer for stacked parameters
+  layout: str
+  optional: bool = False   # absent -> filled with cfg.gate_init (only the gates)
+
+  @property
+  def stacked(self) -> bool:
+    return self.path[0] == "blocks"
+
+  def names(self, num_layers: int) -> list:
+    return [self.name.format(i=i) for i in range(num_layers)] if self.stacked else [self.name]
+
+
+def _table(cfg: ModelConfig) -> list:
+  layer = "model.layers.{i}."
+  table = [_Tensor(("embed", "embedding"), "model.embed_tokens.weight", "copy"),
+           _Tensor(("final_norm", "scale"), "model.norm.weight", "copy")]
+  if not cfg.tie_embeddings:
+    table.append(_Tensor(("unembed",), "lm_head.weight", "transpose"))
+  block = [(("attn_norm", "scale"), "input_layernorm.weight", "copy"),
+           (("attn", "w_q"), "self_attn.q_proj.weight", "heads_in"),
+           (("attn", "w_k"), "self_attn.k_proj.weight", "heads_in"),
+           (("attn", "w_v"), "self_attn.v_proj.weight", "heads_in"),
+           (("attn", "w_o"), "self_attn.o_proj.weight", "heads_out"),
+           (("mlp_norm", "scale"), "post_attention_layernorm.weight", "copy"),
+           (("mlp", "w_gate"), "mlp.gate_proj.weight", "transpose"),
+           (("mlp", "w_up"), "mlp.up_proj.weight", "transpose"),
+           (("mlp", "w_down"), "mlp.down_proj.weight", "transpose")]
+  if cfg.qkv_bias:
+    block += [(("attn", f"b_{p}"), f"self_attn.{p}_proj.bias", "heads_bias") for p in "qkv"]
+  table += [_Tensor(("blocks", *path), layer + name, layout) for path, name, layout in block]
+  if cfg.memory == "infini":
+    table.append(_Tensor(("blocks", "attn", "beta"), GATE_TENSOR, "copy", optional=True))
+  return table
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+
+
+class _SafetensorsDir:
+  """The tensors of a HF model directory: ``model.safetensors.index.json``'s files, else every
+  ``*.safetensors``; opened once (headers only) and read slice by slice."""
+
+  def __init__(self, hf_dir, stack: contextlib.ExitStack):
+    from safetensors import safe_open
+    hf_dir = os.fspath(hf_dir)
+    index = os.path.join(hf_dir, "model.safetensors.index.json")
+    if os.path.isfile(index):
+      with open(index) as f:
+        files = sorted(set(json.load(f)["weight_map"].values()))
+    else:
+      files = sorted(f for f in os.listdir(hf_dir) if f.endswith(".safetensors"))
+    if not files:
+      raise FileNotFoundError(f"no *.safetensors files in {hf_dir}")
+    self.handle = {}
+    for name in files:
+      handle = stack.enter_context(safe_open(os.path.join(hf_dir, name), framework="numpy"))
+      self.handle.update({k: handle for k in handle.keys()})
+
+  def shape(self, name: str) -> tuple:
+    return tuple(self.handle[name].get_slice(name).get_shape())
+
+  def get(self, name: str, index: tuple) -> np.ndarray:
+    return self.handle[name].get_slice(name)[index]
+
+
+def _check_tensors(table, cfg: ModelConfig, files: _SafetensorsDir, shapes: dict, where: str):
+  """Named errors for missing, unexpected and mis-shaped tensors; returns (gates present, extra)."""
+  present = set(files.handle)
+  required = {n for t in table if not t.optional for n in t.names(cfg.num_layers)}
+  gates = set(GATE_TENSOR.format(i=i) for i in range(cfg.num_layers))
+  missing = sorted(required - present)
+  has_gates = bool(gates & present)
+  if cfg.memory == "infini" and has_gates:
+    missing += sorted(gates - present)
+  if missing:
+    raise MissingTensorError(
+        f"{len(missing)} tensor(s) that the config needs are missing from {where}: "
+        f"{', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}")
+  ignored = {n for n in present if _IGNORED.fullmatch(n)}
+  if cfg.tie_embeddings:
+    ignored.add("lm_head.weight")   # some tied checkpoints store the copy; HF ties it anyway
+  extra = sorted(gates & present) if cfg.memory == "none" else []   # dropped, reported
+  unexpected = sorted(present - required - gates - ignored)
+  if unexpected:
+    raise UnexpectedTensorError(
+        f"{len(unexpected)} tensor(s) in {where} have no parameter in the config: "
+        f"{', '.join(unexpected[:8])}{' ...' if len(unexpected) > 8 else ''} (biases need "
+        f"qkv_bias=True; an untied lm_head.weight needs tie_embeddings=False)")
+  for t in table:
+    want = _hf_shape(t.layout, shapes[t.path][1:] if t.stacked else shapes[t.path])
+    for name in t.names(cfg.num_layers):
+      if name in present and files.shape(name) != want:
+        raise ValueError(f"tensor {name} has shape {files.shape(name)} in {where} but the config "
+                         f"needs {want} for parameter {'/'.join(t.path)}")
+  return has_gates, extra
+
+
+def abstract_params(cfg: ModelConfig, mesh=None, rules=None) -> dict:
+  """Pure dict of ``jax.ShapeDtypeStruct`` for ``cfg``'s parameters, sharded over ``mesh`` by
+  their logical axes and ``rules`` (default rules), or on the first local device without a mesh."""
+  from flax import nnx
+  from infini_jax.model import InfiniTransformer
+  model = nnx.eval_shape(lambda: InfiniTransformer(cfg, rngs=nnx.Rngs(0)))
+
+  def one(path, v):
+    if mesh is None:
+      sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    else:
+      names = v.get_metadata().get("logical_axes")
+      spec = logical_to_spec(names, rules)
+      for size, axes in zip(v.shape, spec):
+        n = int(np.prod([mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes or ())]))
+        if size % n:
+          raise ValueError(f"parameter {'/'.join(str(getattr(p, 'key', p)) for p in path)} "
+                           f"{v.shape} {names}: size {size} is not divisible by mesh axes {axes} "
+                           f"({n} devices); change the mesh or the rules")
+      sharding = jax.sharding.NamedSharding(mesh, spec)
+    return jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding)
+
+  tree = jax.tree_util.tree_map_with_path(one, nnx.state(model, nnx.Param),
+                                          is_leaf=lambda x: isinstance(x, nnx.Variable))
+  return nnx.to_pure_dict(tree)
+
+
+def _flat(tree: dict, prefix=()) -> dict:
+  out = {}
+  for k, v in tree.items():
+    out.update(_flat(v, prefix + (k,)) if isinstance(v, dict) else {prefix + (k,): v})
+  return out
+
+
+def _nest(flat: dict) -> dict:
+  out = {}
+  for path, v in flat.items():
+    node = out
+    for k in path[:-1]:
+      node = node.setdefault(k, {})
+    node[path[-1]] = v
+  return out
+
+
+def load_hf_params(hf_dir, cfg: ModelConfig | None = None, target: dict | None = None, *,
+                   mesh=None, rules=None):
+  """Reads Hugging Face Llama-family weights into our parameter tree, slice by slice.
+
+  Args:
+    hf_dir: directory with ``config.json`` and ``*.safetensors`` (one file or sharded with
+      ``model.safetensors.index.json``).
+    cfg: the model to load into; None derives it from config.json. A size that does not match
+      the weights (layers, heads, kv heads, head dim, vocabulary, MLP width, ...) raises ValueError
+      naming the field and both values.
+    target: pure dict of ``jax.ShapeDtypeStruct`` (or arrays) with the wanted ``.sharding`` and
+      dtype, as the trainer's abstract state holds; None builds one from ``mesh`` and ``rules``
+      (see :func:`abstract_params`).
+
+  Returns:
+    ``(params, report)``: ``params`` a pure dict of ``jax.Array`` shaped like ``target``, the
+    gates ``beta`` from the ``infini_gate`` tensors if present, else at ``cfg.gate_init``;
+    ``report`` ``{"missing": [], "extra": [...], "initialised": [...], "directory": ...}``.
+  Raises MissingTensorError / UnexpectedTensorError naming the tensors.
+  """
+  where = os.fspath(hf_dir)
+  hf = read_hf_config(hf_dir)
+  if cfg is None:
+    cfg = config_from_hf(hf)
+  else:
+    check_config(cfg, hf, where)
+  if hf.get("sliding_window") and cfg.segment_len > hf["sliding_window"]:
+    warnings.warn(f"segment_len={cfg.segment_len} exceeds the sliding_window="
+                  f"{hf['sliding_window']} the weights were trained with")
+  if target is None:
+    target = abstract_params(cfg, mesh, rules)
+  flat_target = _flat(target)
+  table = _table(cfg)
+  if set(flat_target) != {t.path for t in table}:
+    raise ValueError(f"target parameters {sorted(map('/'.join, flat_target))} do not match "
+                     f"the model config's {sorted('/'.join(t.path) for t in table)}")
+  with contextlib.ExitStack() as stack:
+    files = _SafetensorsDir(hf_dir, stack)
+    shapes = {p: tuple(x.shape) for p, x in flat_target.items()}
+    has_gates, extra = _check_tensors(table, cfg, files, shapes, where)
+    params, initialised = {}, []
+    for t in table:
+      x = flat_target[t.path]
+      if t.optional and not has_gates:
+        initialised.append("/".join(t.path))
+      params[t.path] = jax.make_array_from_callback(
+          x.shape, x.sharding, _shard_reader(t, cfg, files, x.shape, np.dtype(x.dtype)))
+  report = {"missing": [], "extra": extra, "initialised": initialised, "directory": where}
+  return _nest(params), report
+
+
+def _shard_reader(t: _Tensor, cfg: ModelConfig, files: _SafetensorsDir, shape, dtype):
+  """The callback for one parameter: ``index`` (slices over our shape) -> that shard."""
+  read = {}   # devices holding the same replica ask for the same index: read it once
+
+  def one_tensor(name, index, shape):
+    if name not in files.handle:   # an optional gate
+      return np.full([s.stop - s.start for s in index], cfg.gate_init, dtype)
+    return np.asarray(_read(t.layout, lambda i: files.get(name, i), index, shape), dtype)
+
+  def callback(index):
+    index = tuple(slice(*s.indices(n)[:2]) for s, n in zip(index, shape))
+    key = tuple((s.start, s.stop) for s in index)
+    if key not in read:
+      if t.stacked:
+        read[key] = np.stack([one_tensor(t.name.format(i=i), index[1:], shape[1:])
+                              for i in range(index[0].start, index[0].stop)])
+      else:
+        read[key] = one_tensor(t.name, index, shape)
+    return read[key]
+
+  return callback
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+
+
+def _host_array(x) -> np.ndarray:
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    from jax.experimental import multihost_utils
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(x)
+
+
+_README = """# Infini-Transformer weights in the Hugging Face Llama layout
+
+Written by `python -m infini_jax.convert --to_hf`. `config.json` and `model.safetensors` follow the
+{arch} layout, so `transformers` loads them; `config.json["infini_attention"]` holds the
+Infini-attention settings (segment_len={segment_len}, memory={memory}, update_rule={update_rule}).
+
+Extra tensors (Infini-attention gates, not part of {arch}):
+
+- `model.layers.{{i}}.self_attn.infini_gate` for i = 0..{last}: float32 `[{heads}]`, the gate beta of
+  each query head; sigmoid(beta) weights the compressive-memory read, 1 - sigmoid(beta) the local
+  softmax attention (arXiv 2404.07143, eq. 10).
+
+`transformers` ignores these tensors (it warns that they are unused) and runs plain attention, which
+equals this model only on inputs of at most one segment ({segment_len} tokens) with the gates closed
+(beta = -inf). To continue training or run the memory, import the directory back with
+`python -m infini_jax.convert --from_hf=THIS_DIR --out=CKPT` (bit for bit the same parameters).
+"""
+
+
+def export_hf(params: dict, cfg: ModelConfig, out_dir) -> None:
+  """Writes ``params`` (our pure dict) as config.json + model.safetensors + README.md (float32).
+
+  Every process must call it (sharded arrays are gathered); process 0 writes.
+  """
+  from safetensors.numpy import save_file
+  flat = _flat(params)
+  tensors = {}
+  for t in _table(cfg):
+    x = _host_array(flat[t.path]).astype(np.float32)
+    layers = list(x) if t.stacked else [x]
+    for name, layer in zip(t.names(cfg.num_layers), layers):
+      tensors[name] = _to_hf(t.layout, layer)
+  if jax.process_index() != 0:
+    return
+  out_dir = os.fspath(out_dir)
+  os.makedirs(out_dir, exist_ok=True)
+  save_file(tensors, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
+  config = hf_config(cfg)
+  with open(os.path.join(out_dir, "config.json"), "w") as f:
+    json.dump(config, f, indent=2)
+  with open(os.path.join(out_dir, "README.md"), "w") as f:
+    f.write(_README.format(arch=config["architectures"][0], last=cfg.num_layers - 1,
+                           heads=cfg.num_heads, **{k: getattr(cfg, k) for k in _INFINI_FIELDS}))
+
+
+def config_to_json(cfg: ModelConfig) -> str:
+  return json.dumps(dataclasses.asdict(cfg), indent=2)
+
+
+def config_from_json(text: str) -> ModelConfig:
+  fields = json.loads(text)
+  if fields.get("rope_scaling") is not None:
+    fields["rope_scaling"] = tuple(tuple(p) for p in fields["rope_scaling"])
+  return ModelConfig(**fields)
