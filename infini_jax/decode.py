@@ -20,7 +20,7 @@ import numpy as np
 from flax import nnx
 
 from infini_jax import memory as mem
-from infini_jax.model.attention import local_attention, retrieve_grouped
+from infini_jax.model.attention import local_attention
 from infini_jax.model.layers import rope
 from infini_jax.model.transformer import InfiniTransformer, stack_layers
 
@@ -102,10 +102,9 @@ def _layer(block, x, memory, k_cache, v_cache, pos, whole_segment: bool):
   Returns (x, (k, v) of the segment so far, un-rotated).
   """
   attn = block.attn
-  cfg, dtype = attn.cfg, x.dtype
+  cfg = attn.cfg
   y = block.attn_norm(x)
-  q, k, v = (jnp.einsum("bnd,dhk->bnhk", y, w[...].astype(dtype))
-             for w in (attn.w_q, attn.w_k, attn.w_v))
+  q, k, v = attn.project(y)
   if whole_segment:
     k_cache, v_cache = k, v
     local = local_attention(rope(q, cfg.rope_theta), rope(k, cfg.rope_theta), v,
@@ -115,11 +114,7 @@ def _layer(block, x, memory, k_cache, v_cache, pos, whole_segment: bool):
     positions = pos[:, None] + jnp.arange(x.shape[1])
     local = _cached_attention(rope(q, cfg.rope_theta, positions), rope(k_cache, cfg.rope_theta),
                               v_cache, pos)
-  if cfg.memory == "infini":
-    from_memory = retrieve_grouped(memory, q)                     # un-rotated q, memory so far
-    gate = jax.nn.sigmoid(attn.beta[...])[:, None]
-    local = (gate * from_memory + (1.0 - gate) * local.astype(jnp.float32)).astype(dtype)
-  x = x + jnp.einsum("bnhk,hkd->bnd", local, attn.w_o[...].astype(dtype))
+  x = x + attn.output(local, q, memory)                            # un-rotated q, memory so far
   x = x + block.mlp(block.mlp_norm(x))
   return x, (k_cache, v_cache)
 

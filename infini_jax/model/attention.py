@@ -64,23 +64,41 @@ class InfiniAttention(nnx.Module):
     if cfg.memory == "infini":
       self.beta = param(rngs, nnx.initializers.constant(cfg.gate_init), (h,), ("heads",))
 
+  def project(self, x: jax.Array):
+    """``x [b, n, d_model]`` -> raw (un-rotated) ``q [b, n, heads, d]``, ``k, v [b, n, kv_heads, d]``."""
+    def project(name):
+      out = jnp.einsum("bnd,dhk->bnhk", x, getattr(self, "w_" + name)[...].astype(x.dtype))
+      return out + getattr(self, "b_" + name)[...].astype(x.dtype) if self.cfg.qkv_bias else out
+
+    return (constrain(project("q"), ("batch", "seq", "heads", "head_dim")),
+            constrain(project("k"), ("batch", "seq", "kv_heads", "head_dim")),
+            constrain(project("v"), ("batch", "seq", "kv_heads", "head_dim")))
+
+  def rotate(self, x: jax.Array, positions: jax.Array | None = None) -> jax.Array:
+    """RoPE with the config's theta and scaling (see :func:`layers.rope`)."""
+    return rope(x, self.cfg.rope_theta, positions, scaling=self.cfg.rope_scaling)
+
+  def output(self, local: jax.Array, q: jax.Array, memory: mem.Memory | None) -> jax.Array:
+    """Gate (eq. 10) the local result with the memory read by the raw ``q``, then W_O (eq. 11).
+
+    ``local [b, n, heads, d]``, ``q [b, n, heads, d]``; memory: the state before this segment's
+    write (unused without memory) -> ``[b, n, d_model]``.
+    """
+    dtype = local.dtype
+    if self.cfg.memory == "infini":
+      from_memory = retrieve_grouped(memory, q)
+      gate = jax.nn.sigmoid(self.beta[...])[:, None]                # [heads, 1]
+      local = (gate * from_memory + (1.0 - gate) * local.astype(jnp.float32)).astype(dtype)
+    out = jnp.einsum("bnhk,hkd->bnd", local, self.w_o[...].astype(dtype))
+    return constrain(out, ("batch", "seq", "embed"))
+
   def __call__(self, x: jax.Array, memory: mem.Memory | None):
     """``x [b, n, d_model]``, memory of the previous segments -> (``[b, n, d_model]``, new memory)."""
-    cfg, dtype = self.cfg, x.dtype
-    def project(name):
-      out = jnp.einsum("bnd,dhk->bnhk", x, getattr(self, "w_" + name)[...].astype(dtype))
-      return out + getattr(self, "b_" + name)[...].astype(dtype) if cfg.qkv_bias else out
-
-    q = constrain(project("q"), ("batch", "seq", "heads", "head_dim"))
-    k = constrain(project("k"), ("batch", "seq", "kv_heads", "head_dim"))
-    v = constrain(project("v"), ("batch", "seq", "kv_heads", "head_dim"))
+    cfg = self.cfg
+    q, k, v = self.project(x)
     # RoPE on the local path only: the memory reads and writes the un-rotated q, k.
-    rotate = lambda t: rope(t, cfg.rope_theta, scaling=cfg.rope_scaling)
-    attended = local_attention(rotate(q), rotate(k), v, cfg.attention_impl)
+    local = local_attention(self.rotate(q), self.rotate(k), v, cfg.attention_impl)
+    out = self.output(local, q, memory)                             # reads before the write
     if cfg.memory == "infini":
-      from_memory = retrieve_grouped(memory, q)                     # read before the write
       memory = mem.update(memory, k, v, cfg.update_rule)
-      gate = jax.nn.sigmoid(self.beta[...])[:, None]                # [heads, 1]
-      attended = (gate * from_memory + (1.0 - gate) * attended.astype(jnp.float32)).astype(dtype)
-    out = jnp.einsum("bnhk,hkd->bnd", attended, self.w_o[...].astype(dtype))
-    return constrain(out, ("batch", "seq", "embed")), memory
+    return out, memory
