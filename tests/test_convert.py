@@ -333,3 +333,24 @@ def test_gates_are_reported_unused_without_memory(llama_dir, tmp_path):
   llama.export_hf(params, llama.config_from_hf(LLAMA), tmp_path)
   _, report = llama.load_hf_params(tmp_path, cfg)
   assert report["extra"] == [f"model.layers.{i}.self_attn.infini_gate" for i in range(2)]
+
+
+@pytest.mark.parametrize("source", ["hf", "converted"])
+def test_continual_pretraining_runs_from_the_weights(llama_dir, tmp_path, source):
+  from infini_jax import inputs, optim, train
+  init_from = f"hf:{llama_dir[0]}"
+  if source == "converted":
+    init_from = str(tmp_path / "ckpt")
+    convert.main([f"--from_hf={llama_dir[0]}", f"--out={init_from}"])
+  cfg = llama.config_from_hf(LLAMA, segment_len=SEQ, gate_init=-3.0)
+  data = inputs.SyntheticData(batch_size=2, seq_len=2 * SEQ, segment_len=SEQ)
+  opt = optim.OptimizerConfig(learning_rate=1e-4, warmup_steps=0, total_steps=3, schedule="constant")
+  result = train.train(model=cfg, optimizer=opt, data=data, model_dir=str(tmp_path / "run"),
+                       steps=3, checkpoint_every=3, log_every=1, init_from=init_from)
+  assert np.isfinite(result["loss"]), result
+  final, report = restore_params(tmp_path / "run" / "checkpoints", llama.abstract_params(cfg))
+  assert report["step"] == 3
+  start, _ = llama.load_hf_params(llama_dir[0], cfg)
+  # A few small steps away from the imported weights, not from a fresh initialisation.
+  w = lambda p: np.asarray(p["blocks"]["mlp"]["w_up"])
+  assert 0 < np.abs(w(final) - w(start)).max() < 1e-2
