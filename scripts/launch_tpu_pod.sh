@@ -89,6 +89,7 @@ need_value() { [[ $# -ge 2 && -n $2 && $2 != --* ]] || die "$1 needs a value"; }
 while [[ $# -gt 0 ]]; do
   case $1 in
     -h|--help) usage; exit 0 ;;
+    --*=*) flag=${1%%=*}; value=${1#*=}; shift; set -- "$flag" "$value" "$@" ;;
     --name) need_value "$@"; NAME=$2; shift 2 ;;
     --zone) need_value "$@"; ZONE=$2; shift 2 ;;
     --accelerator) need_value "$@"; ACCELERATOR=$2; shift 2 ;;
