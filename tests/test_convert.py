@@ -335,13 +335,11 @@ def test_gates_are_reported_unused_without_memory(llama_dir, tmp_path):
   assert report["extra"] == [f"model.layers.{i}.self_attn.infini_gate" for i in range(2)]
 
 
-@pytest.mark.parametrize("source", ["hf", "converted"])
-def test_continual_pretraining_runs_from_the_weights(llama_dir, tmp_path, source):
+def test_continual_pretraining_runs_from_the_weights(llama_dir, tmp_path):
+  # init_from="hf:DIR"; a converted checkpoint goes through checkpoint.restore_params, which
+  # test_cli_conversion_matches_numpy_llama checks.
   from infini_jax import inputs, optim, train
   init_from = f"hf:{llama_dir[0]}"
-  if source == "converted":
-    init_from = str(tmp_path / "ckpt")
-    convert.main([f"--from_hf={llama_dir[0]}", f"--out={init_from}"])
   cfg = llama.config_from_hf(LLAMA, segment_len=SEQ, gate_init=-3.0)
   data = inputs.SyntheticData(batch_size=2, seq_len=2 * SEQ, segment_len=SEQ)
   opt = optim.OptimizerConfig(learning_rate=1e-4, warmup_steps=0, total_steps=3, schedule="constant")
