@@ -86,7 +86,13 @@ def _gin_model_config(argv) -> tuple[ModelConfig | None, list]:
 
 
 def main(argv=None) -> None:
-  argv = sys.argv[1:] if argv is None else argv
+  try:
+    _main(sys.argv[1:] if argv is None else argv)
+  except (ValueError, FileNotFoundError, FileExistsError) as e:   # config and input errors
+    raise SystemExit(f"error: {type(e).__name__}: {e}") from None
+
+
+def _main(argv) -> None:
   cfg, rest = _gin_model_config(argv)
   parser = argparse.ArgumentParser(prog="python -m infini_jax.convert", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
