@@ -1,13 +1,13 @@
-"""The optimizer: AdamW or Adafactor with warmup + decay, clipping, weight-decay masks and gate rates.
+"""The optimizer: AdamW or Adafactor, warmup + decay, clipping, weight-decay masks and gate rates.
 
 One optax chain for both optimizers, read top to bottom as the update is made:
 
   clip by global norm -> precondition (Adam moments | Adafactor factored RMS) -> + weight decay
   (masked) -> x -schedule(step) -> x gate_lr_multiplier on the gates only
 
-so there is one schedule, and the gates beta get ``learning_rate * gate_lr_multiplier`` and no weight
-decay. PAPER.md ("Gate stuck at its start") is why: with the model's small learning rate and weight
-decay, beta stays where it started.
+so there is one schedule, and the gates beta get ``learning_rate * gate_lr_multiplier`` and no
+weight decay. PAPER.md ("Gate stuck at its start") is why: with the model's small learning rate
+and weight decay, beta stays where it started.
 
 Parameters are picked by regular expressions searched in their '/'-joined key path, e.g.
 ``blocks/attn/beta``; the masks are computed from the pytree the optimizer is given (nested dicts or
@@ -16,7 +16,6 @@ an ``nnx.State``), so ``make_optimizer`` needs no parameters up front.
 
 import dataclasses
 import logging
-import math
 import re
 
 import jax

@@ -120,7 +120,10 @@ D=$(quote "$DIR")
 
 if [[ $STOP == 1 ]]; then
   # SIGTERM to the command itself (the child of the waiting subshell): the trainer saves and exits.
-  on_all "cd $D && if [ -f launch.pid ] && pkill -TERM -P \$(cat launch.pid); then echo \"\$(hostname): stopping\"; else echo \"\$(hostname): no run going\"; fi"
+  STOP_RUN="cd $D && "
+  STOP_RUN+='if [ -f launch.pid ] && pkill -TERM -P $(cat launch.pid); then echo "$(hostname): stopping"; '
+  STOP_RUN+='else echo "$(hostname): no run going"; fi'
+  on_all "$STOP_RUN"
   exit 0
 fi
 
@@ -154,11 +157,15 @@ fi
 
 # 2. The code on every worker.
 if [[ -n $REF ]]; then
-  on_all "{ [ -d $D/.git ] || git clone --quiet $(quote "$REPO") $D; } && git -C $D fetch --quiet origin $(quote "$REF") && git -C $D checkout --quiet --detach FETCH_HEAD"
+  CLONE="{ [ -d $D/.git ] || git clone --quiet $(quote "$REPO") $D; }"
+  CLONE+=" && git -C $D fetch --quiet origin $(quote "$REF")"
+  CLONE+=" && git -C $D checkout --quiet --detach FETCH_HEAD"
+  on_all "$CLONE"
 else
   TARBALL=${TMPDIR:-/tmp}/infini_jax-$NAME.tgz
   if [[ $DRY_RUN == 1 ]]; then
-    echo "git -C $(quote "$ROOT") ls-files -z --cached --others --exclude-standard | tar -C $(quote "$ROOT") --null -T - -czf $(quote "$TARBALL")"
+    echo "git -C $(quote "$ROOT") ls-files -z --cached --others --exclude-standard" \
+      "| tar -C $(quote "$ROOT") --null -T - -czf $(quote "$TARBALL")"
   else
     git -C "$ROOT" ls-files -z --cached --others --exclude-standard \
       | tar -C "$ROOT" --null -T - -czf "$TARBALL"
@@ -169,9 +176,11 @@ fi
 
 # 3. Install: .venv through scripts/setup.sh, then jax's TPU build.
 P=$(quote "$PY")
-INSTALL="cd $D && { $P -c \"import ensurepip\" 2>/dev/null || { sudo apt-get update -qq && sudo apt-get install -y -qq $P $P-venv; }; } && PYTHON=$P bash scripts/setup.sh"
+INSTALL="cd $D && { $P -c \"import ensurepip\" 2>/dev/null"
+INSTALL+=" || { sudo apt-get update -qq && sudo apt-get install -y -qq $P $P-venv; }; }"
+INSTALL+=" && PYTHON=$P bash scripts/setup.sh"
 if [[ $PIP == default ]]; then
-  INSTALL+=" && .venv/bin/pip install -q \"jax[tpu]==\$(.venv/bin/python -c \"import jax; print(jax.__version__)\")\""
+  INSTALL+=' && .venv/bin/pip install -q "jax[tpu]==$(.venv/bin/python -c "import jax; print(jax.__version__)")"'
 elif [[ -n $PIP ]]; then
   INSTALL+=" && .venv/bin/pip install -q $(quote "$PIP")"
 fi
@@ -181,8 +190,15 @@ on_all "$INSTALL"
 #    the subshell that waits for the command and writes its exit status to launch.exit.
 EXPORTS=""
 for kv in "${ENVS[@]+"${ENVS[@]}"}"; do EXPORTS+="export ${kv%%=*}=$(quote "${kv#*=}"); "; done
-on_all "cd $D || exit 1; if [ -f launch.pid ] && kill -0 \$(cat launch.pid) 2>/dev/null; then echo \"\$(hostname): a run is still going; stop it with --stop\" >&2; exit 1; fi; rm -f launch.exit; ( trap \"\" HUP; source .venv/bin/activate && { ${EXPORTS}$(line "${COMMAND[@]}"); }; echo \$? > launch.exit ) > launch.log 2>&1 < /dev/null & echo \$! > launch.pid"
+RUN="cd $D || exit 1; "
+RUN+='if [ -f launch.pid ] && kill -0 $(cat launch.pid) 2>/dev/null; then '
+RUN+='echo "$(hostname): a run is still going; stop it with --stop" >&2; exit 1; fi; '
+RUN+='rm -f launch.exit; ( trap "" HUP; source .venv/bin/activate && { '
+RUN+="${EXPORTS}$(line "${COMMAND[@]}"); }; "
+RUN+='echo $? > launch.exit ) > launch.log 2>&1 < /dev/null & echo $! > launch.pid'
+on_all "$RUN"
 
 # 5. Worker 0's log until its run ends; exit with the run's status.
-run "${GCLOUD[@]}" ssh "$NAME" "${WHERE[@]}" --worker=0 \
-  --command="cd $D && tail -n +1 -F --pid=\$(cat launch.pid) launch.log; exit \$(cat launch.exit 2>/dev/null || echo 1)"
+FOLLOW="cd $D && "
+FOLLOW+='tail -n +1 -F --pid=$(cat launch.pid) launch.log; exit $(cat launch.exit 2>/dev/null || echo 1)'
+run "${GCLOUD[@]}" ssh "$NAME" "${WHERE[@]}" --worker=0 --command="$FOLLOW"

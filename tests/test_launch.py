@@ -21,15 +21,15 @@ USER_COMMAND = ["python", "-m", "infini_jax.train", "--gin_file=configs/1b.gin",
                 "--gin.TRAIN_STEPS=1000"]
 # What writes its own argv and the distributed environment, to check they arrive intact.
 REPORT = [sys.executable, "-c",
-          "import json, os, sys; json.dump({'argv': sys.argv[1:], 'env': [os.environ.get(k) for k in "
-          "('INFINI_COORDINATOR', 'INFINI_NUM_PROCESSES', 'INFINI_PROCESS_ID', 'EXTRA')]}, "
-          "open(os.environ['REPORT_TO'], 'w'))"]
+          "import json, os, sys; json.dump({'argv': sys.argv[1:], 'env': [os.environ.get(k) "
+          "for k in ('INFINI_COORDINATOR', 'INFINI_NUM_PROCESSES', 'INFINI_PROCESS_ID', 'EXTRA')]},"
+          " open(os.environ['REPORT_TO'], 'w'))"]
 ODD_ARGS = ["--gin.MODEL_DIR='gs://bucket/run 1'", 'say "hi"', "$HOME", "a;b"]
 
 
 @pytest.fixture
 def stubs(tmp_path):
-  """A PATH whose gcloud/sbatch record their calls; srun runs its command; scontrol names 2 hosts."""
+  """PATH with gcloud/sbatch that record their calls, srun that runs its command, scontrol."""
   bin_dir, calls = tmp_path / "bin", tmp_path / "calls.txt"
   bin_dir.mkdir()
   scripts = {"gcloud": f'echo "gcloud $*" >> {calls}', "sbatch": f'echo "sbatch $*" >> {calls}',
@@ -112,7 +112,8 @@ def test_tpu_run_and_stop_commands_work_on_a_worker(stubs, tmp_path):
   assert on_worker(start).returncode == 0
   followed = on_worker(follow)
   assert followed.returncode == 0, followed
-  assert json.loads(report.read_text()) == {"argv": ODD_ARGS, "env": [None, None, None, "from-venv"]}
+  assert json.loads(report.read_text()) == {"argv": ODD_ARGS,
+                                            "env": [None, None, None, "from-venv"]}
 
   start, follow = worker_commands("bash", "-c", "echo started; exec sleep 30")
   assert on_worker(start).returncode == 0
@@ -151,14 +152,15 @@ SLURM_FLAGS = ["--nodes", "2", "--gpus-per-node", "8", "--time", "24:00:00", "--
 
 def test_slurm_dry_run_prints_the_script_and_submits_nothing(stubs, tmp_path):
   env, calls = stubs
-  out = launch(SLURM, "--dry-run", *SLURM_FLAGS, "--logs", str(tmp_path / "logs"), "--", *USER_COMMAND,
-               env=env)
+  out = launch(SLURM, "--dry-run", *SLURM_FLAGS, "--logs", str(tmp_path / "logs"), "--",
+               *USER_COMMAND, env=env)
   assert out.returncode == 0, out.stderr
   text = out.stdout
   for line in ["#!/bin/bash", "#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=1",
                "#SBATCH --gpus-per-node=8", "#SBATCH --time=24:00:00", "#SBATCH --partition=gpu",
-               'export INFINI_COORDINATOR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
-               "export INFINI_NUM_PROCESSES=$SLURM_NNODES", "export INFINI_PROCESS_ID=$SLURM_PROCID"]:
+               'export INFINI_COORDINATOR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" '
+               '| head -n 1)', "export INFINI_NUM_PROCESSES=$SLURM_NNODES",
+               "export INFINI_PROCESS_ID=$SLURM_PROCID"]:
     assert line in text, line
   assert "srun " in text and " ".join(USER_COMMAND) in text
   assert "#SBATCH --array" not in text

@@ -1,4 +1,5 @@
-"""The optimizer: schedules against their formulas, gate rates, decay masks, clipping, accumulation."""
+"""The optimizer: schedules against their formulas, gate rates, decay masks, clipping, accumulation
+and config errors."""
 
 import math
 
@@ -55,7 +56,8 @@ def test_schedules_follow_their_formulas(schedule):
 
 
 def test_no_warmup_starts_at_the_peak_and_short_runs_still_warm_up():
-  assert float(optim.make_schedule(cfg(schedule="cosine", total_steps=50))(0)) == pytest.approx(PEAK)
+  lr = optim.make_schedule(cfg(schedule="cosine", total_steps=50))
+  assert float(lr(0)) == pytest.approx(PEAK)
   lr = optim.make_schedule(cfg(schedule="cosine", warmup_steps=30, total_steps=3))  # a smoke test
   assert float(lr(2)) == pytest.approx(PEAK * 2 / 30)
 
@@ -102,16 +104,17 @@ def test_masks_by_path_work_on_nnx_state():
 
 
 def test_clipping_bounds_the_update():
-  # With a huge eps, Adam's first step is SGD at rate lr / eps: the update shows the gradient's size.
+  # With a huge eps, Adam's first step is SGD at rate lr / eps: the update shows the gradient size.
   params = {"w": jnp.zeros(4), "v": jnp.zeros((2, 2))}
   huge = {"w": jnp.array([300.0, -400.0, 0.0, 0.0]), "v": jnp.zeros((2, 2))}   # global norm 500
   small = jax.tree.map(lambda g: g / 1000.0, huge)                             # global norm 0.5
   sgd = dict(eps=1e9)
   norm = lambda tree: float(optax.tree.norm(tree))
   rate = PEAK / 1e9
-  assert norm(one_update(cfg(clip_norm=None, **sgd), huge, params)) == pytest.approx(500 * rate, rel=1e-4)
-  assert norm(one_update(cfg(clip_norm=1.0, **sgd), huge, params)) == pytest.approx(1.0 * rate, rel=1e-4)
-  assert norm(one_update(cfg(clip_norm=1.0, **sgd), small, params)) == pytest.approx(0.5 * rate, rel=1e-4)
+  size = lambda clip_norm, grads: norm(one_update(cfg(clip_norm=clip_norm, **sgd), grads, params))
+  assert size(None, huge) == pytest.approx(500 * rate, rel=1e-4)
+  assert size(1.0, huge) == pytest.approx(1.0 * rate, rel=1e-4)
+  assert size(1.0, small) == pytest.approx(0.5 * rate, rel=1e-4)
 
 
 def test_accumulating_k_micro_steps_equals_one_step_on_the_mean():
