@@ -1,0 +1,192 @@
+"""Passkey retrieval at any length: ``python -m infini_jax.eval_passkey`` with the trainer's flags.
+
+    python -m infini_jax.eval_passkey --gin_file=configs/passkey_tiny.gin \\
+        --segments=8,32,128,512 --depths=start,middle,end --samples=20
+
+Own flags (the rest are gin flags, as for the trainer; without ``--gin_file`` the run's
+``config.gin`` next to ``--checkpoint`` is read):
+  --checkpoint=DIR     a run directory, its ``checkpoints/`` or one step (default MODEL_DIR's)
+  --lengths=2K,32K,1M  prompt lengths in tokens (K = 1024, M = 1024**2), or
+  --segments=8,32,512  prompt lengths in segments of the model
+  --depths=start,middle,end   or fractions in [0, 1] (where the key sentence sits in the filler)
+  --samples=N          prompts per (length, depth) cell (default 10); their keys are evaluation
+                       seeds, never seen in training
+  --digits=N           digits of the key (default: the run's DataConfig.passkey_digits)
+  --filler_file=F      a text file tiled as filler instead of the paper's sentences
+  --batch_size=N       prompts streamed together (default 16)
+  --chunk_segments=N   segments per prefill call (default 16; any length uses one program)
+  --out=DIR            where passkey.json and passkey.png go (default MODEL_DIR/eval)
+
+A prompt is streamed through ``decode.prefill`` in whole-segment chunks, so a 1M-token prompt
+needs no more memory than a short one; its answer (the key's tokens) is then teacher-forced
+through ``decode_step``. A prompt counts as correct when the greedy continuation equals the key's
+tokens, i.e. when the argmax is right at every answer position.
+"""
+
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+from infini_jax import cli, evaluation
+from infini_jax.data import passkey
+
+FLAGS = ("checkpoint", "lengths", "segments", "depths", "samples", "digits", "filler_file",
+         "batch_size", "chunk_segments", "out")
+
+
+def parse_depth(text: str, flag: str) -> tuple[str, float]:
+  """``"start"`` -> ("start", 0.0); ``"0.25"`` -> ("0.25", 0.25)."""
+  if text in passkey.DEPTHS:
+    return text, passkey.DEPTHS[text]
+  try:
+    value = float(text)
+  except ValueError:
+    value = -1.0
+  if not 0.0 <= value <= 1.0:
+    raise cli.ConfigError(f"{flag}: depth {text!r} is not one of {', '.join(passkey.DEPTHS)} or "
+                          f"a fraction in [0, 1]")
+  return text, value
+
+
+def evaluate(model, encode, lengths, depths, samples: int, digits: int, filler_text=None,
+             batch_size: int = 16, chunk_segments: int = 16) -> dict:
+  """Accuracy per (length, depth) cell, the cells' details and every prompt's outcome.
+
+  ``depths``: (name, fraction) pairs. Returns a JSON-ready dict with ``accuracy`` as a
+  ``[lengths][depths]`` list of fractions.
+  """
+  n = model.cfg.segment_len
+  cells, examples = [], []
+  accuracy = np.zeros((len(lengths), len(depths)))
+  for li, length in enumerate(lengths):
+    started = time.perf_counter()
+    prompts = []   # (depth index, example) for every prompt of this length
+    for di, (name, depth) in enumerate(depths):
+      for i in range(samples):
+        seed = passkey.example_seed("validation", (li * len(depths) + di) * samples + i)
+        prompts.append((di, passkey.make_example(encode, length, depth, digits, seed,
+                                                 filler_text)))
+    outcomes = []
+    for b in range(0, len(prompts), batch_size):
+      group = [ex for _, ex in prompts[b:b + batch_size]]
+      state, logits = evaluation.stream_prefill(
+          model, np.stack([ex["tokens"] for ex in group]), chunk_segments)
+      answers = np.stack([ex["answer"] for ex in group])
+      predicted, nll = evaluation.score_continuation(model, state, logits, answers)
+      outcomes += list(zip(predicted, nll, answers))
+    seconds = time.perf_counter() - started
+    for di, (name, depth) in enumerate(depths):
+      rows = [(ex, out) for (d, ex), out in zip(prompts, outcomes) if d == di]
+      correct = [bool((p == a).all()) for _, (p, _, a) in rows]
+      accuracy[li, di] = np.mean(correct)
+      key_segments = [ex["key_start"] // n for ex, _ in rows]
+      cells.append(dict(
+          length=length, segments=-(-length // n), depth=name, fraction=depth,
+          accuracy=float(np.mean(correct)),
+          token_accuracy=float(np.mean([(p == a).mean() for _, (p, _, a) in rows])),
+          answer_nll=float(np.mean([l.sum() for _, (_, l, _) in rows])),
+          key_segment=float(np.mean(key_segments)),
+          key_in_last_segment=float(np.mean([s == (length - 1) // n for s in key_segments])),
+          seconds_per_prompt=seconds / len(prompts)))
+      examples += [dict(length=length, depth=name, key=ex["key"], key_segment=ex["key_start"] // n,
+                        predicted=p.tolist(), answer=a.tolist(), correct=c)
+                   for (ex, (p, _, a)), c in zip(rows, correct)]
+    print(f"length {length}: " + " ".join(f"{name} {accuracy[li, di]:.0%}"
+                                          for di, (name, _) in enumerate(depths))
+          + f" ({seconds:.1f} s)", flush=True)
+  return dict(lengths=list(lengths), depths=[name for name, _ in depths],
+              fractions=[d for _, d in depths], samples=samples, digits=digits,
+              accuracy=accuracy.tolist(), cells=cells, examples=examples)
+
+
+def _length_label(length: int) -> str:
+  for unit, size in (("M", 1024 ** 2), ("K", 1024)):
+    if length >= size and length % (size // 8) == 0:
+      return f"{length / size:g}{unit}"
+  return str(length)
+
+
+def table(result: dict, segment_len: int) -> str:
+  """The accuracy table (percent), one row per length, one column per depth."""
+  depths = result["depths"]
+  lines = [f"{'length':>8} {'segments':>8} " + " ".join(f"{d:>7}" for d in depths)]
+  for length, row in zip(result["lengths"], result["accuracy"]):
+    lines.append(f"{_length_label(length):>8} {-(-length // segment_len):>8} "
+                 + " ".join(f"{100 * a:>6.0f}%" for a in row))
+  return "\n".join(lines)
+
+
+def heat_map(result: dict, segment_len: int, path: str, title: str) -> None:
+  """A length x depth heat map of the accuracy, as in needle-in-a-haystack plots."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  accuracy = np.asarray(result["accuracy"]) * 100
+  fig, ax = plt.subplots(figsize=(1.6 + 1.1 * accuracy.shape[1], 1.4 + 0.5 * accuracy.shape[0]))
+  image = ax.imshow(accuracy, cmap="RdYlGn", vmin=0, vmax=100, aspect="auto")
+  ax.set_xticks(range(len(result["depths"])), result["depths"])
+  ax.set_yticks(range(len(result["lengths"])),
+                [f"{_length_label(l)} ({-(-l // segment_len)} seg)" for l in result["lengths"]])
+  ax.set_xlabel("depth of the key")
+  ax.set_ylabel("prompt length")
+  for (i, j), value in np.ndenumerate(accuracy):
+    ax.text(j, i, f"{value:.0f}", ha="center", va="center", fontsize=9)
+  fig.colorbar(image, ax=ax, label="accuracy (%)")
+  ax.set_title(title, fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def main(argv=None) -> dict:
+  argv = sys.argv[1:] if argv is None else argv
+  own, rest = evaluation.split_own_flags(argv, FLAGS)
+  cli.setup_logging()
+  loaded = evaluation.load(rest, evaluation.last(own, "checkpoint"))
+  model, data_cfg = loaded.model, loaded.bound["data"]
+  n = model.cfg.segment_len
+  if "lengths" in own and "segments" in own:
+    raise cli.ConfigError("give prompt lengths either as --lengths (tokens) or --segments")
+  if "segments" in own:
+    lengths = [s * n for s in evaluation.parse_list(own["segments"][-1], "--segments",
+                                                    evaluation.parse_count)]
+  else:
+    lengths = evaluation.parse_list(evaluation.last(own, "lengths", "2K,8K,32K"), "--lengths",
+                                    evaluation.parse_count)
+  depths = evaluation.parse_list(evaluation.last(own, "depths", "start,middle,end"), "--depths",
+                                 parse_depth)
+  ints = {k: evaluation.parse_count(evaluation.last(own, k, str(default)), f"--{k}")
+          for k, default in (("samples", 10), ("batch_size", 16), ("chunk_segments", 16),
+                             ("digits", getattr(data_cfg, "passkey_digits", 5)))}
+  filler_text = None
+  if "filler_file" in own:
+    with open(own["filler_file"][-1], encoding="utf-8") as f:
+      filler_text = f.read()
+  out = evaluation.last(own, "out") or os.path.join(loaded.bound["model_dir"], "eval")
+  encode = evaluation.encoder(data_cfg)
+  try:
+    result = evaluate(model, encode, lengths, depths, ints["samples"], ints["digits"],
+                      filler_text, ints["batch_size"], ints["chunk_segments"])
+  except ValueError as e:   # a length too short for the prompt
+    raise cli.ConfigError(str(e)) from None
+  cfg = model.cfg
+  result.update(checkpoint=loaded.checkpoint, step=loaded.step, segment_len=n,
+                memory=cfg.memory, update_rule=cfg.update_rule,
+                filler_file=evaluation.last(own, "filler_file"))
+  os.makedirs(out, exist_ok=True)
+  with open(os.path.join(out, "passkey.json"), "w") as f:
+    json.dump(result, f, indent=1)
+  memory = cfg.memory if cfg.memory == "none" else f"{cfg.memory}/{cfg.update_rule}"
+  title = (f"passkey accuracy, memory={memory}, step {loaded.step}, "
+           f"{ints['samples']} x {ints['digits']}-digit keys per cell")
+  heat_map(result, n, os.path.join(out, "passkey.png"), title)
+  print(f"{title}\n{loaded.checkpoint}\n{table(result, n)}", flush=True)
+  print(f"wrote {os.path.join(out, 'passkey.json')} and passkey.png", flush=True)
+  return result
+
+
+if __name__ == "__main__":
+  main()
