@@ -8,10 +8,10 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 usage() {
   cat <<'EOF'
 Usage: scripts/launch_slurm.sh [options] --nodes N --time T -- COMMAND...
-       scripts/launch_slurm.sh [options] --nodes N --time T --commands FILE [--array SPEC]
+       scripts/launch_slurm.sh [options] --nodes N --time T --array-file FILE [--array SPEC]
 
 Submits a SLURM job that runs COMMAND on every node (one process per node, seeing the node's
-GPUs), from this checkout (a shared file system) inside its .venv. With --commands it submits a
+GPUs), from this checkout (a shared file system) inside its .venv. With --array-file it submits a
 job array instead: task i runs line i of FILE (counting from 0), each task on its own N nodes.
 
 Every process gets, for jax.distributed.initialize (infini_jax/distributed.py reads them):
@@ -27,7 +27,7 @@ Options:
   --gpus-per-node G     (default 8)
   --partition P         (default: the cluster's)
   --job-name NAME       (default infini_jax)
-  --commands FILE       one command per line, no blank lines; makes a job array
+  --array-file FILE     one command per line, no blank lines; makes a job array
   --array SPEC          which tasks of the array to run, e.g. 0-7%2 or 3,5 (default: every line)
   --port PORT           the coordinator's port
   --logs DIR            where SLURM writes each job's output (default: slurm_logs)
@@ -79,7 +79,7 @@ while [[ $# -gt 0 ]]; do
     --gpus-per-node) need_value "$@"; GPUS=$2; shift 2 ;;
     --partition) need_value "$@"; PARTITION=$2; shift 2 ;;
     --job-name) need_value "$@"; JOB_NAME=$2; shift 2 ;;
-    --commands) need_value "$@"; COMMANDS_FILE=$2; shift 2 ;;
+    --array-file) need_value "$@"; COMMANDS_FILE=$2; shift 2 ;;
     --array) need_value "$@"; ARRAY=$2; shift 2 ;;
     --port) need_value "$@"; PORT=$2; shift 2 ;;
     --logs) need_value "$@"; LOGS=$2; shift 2 ;;
@@ -99,18 +99,18 @@ done
 [[ $GPUS =~ ^[0-9]+$ ]] || die "--gpus-per-node must be an integer, got '$GPUS'"
 [[ -z $PORT || $PORT =~ ^[0-9]+$ ]] || die "--port must be an integer, got '$PORT'"
 if [[ -n $COMMANDS_FILE ]]; then
-  [[ ${#COMMAND[@]} -eq 0 ]] || die "give either --commands FILE or a command after --, not both"
-  [[ -f $COMMANDS_FILE ]] || die "--commands: no file $COMMANDS_FILE"
+  [[ ${#COMMAND[@]} -eq 0 ]] || die "give either --array-file FILE or a command after --, not both"
+  [[ -f $COMMANDS_FILE ]] || die "--array-file: no file $COMMANDS_FILE"
   mapfile -t LINES < "$COMMANDS_FILE"
-  [[ ${#LINES[@]} -gt 0 ]] || die "--commands: $COMMANDS_FILE is empty"
+  [[ ${#LINES[@]} -gt 0 ]] || die "--array-file: $COMMANDS_FILE is empty"
   for i in "${!LINES[@]}"; do
     [[ -n ${LINES[i]//[[:space:]]/} ]] \
-      || die "--commands: line $((i + 1)) of $COMMANDS_FILE is blank (task i runs line i, so none may be)"
+      || die "--array-file: line $((i + 1)) of $COMMANDS_FILE is blank (task i runs line i, so none may be)"
   done
   ARRAY=${ARRAY:-0-$((${#LINES[@]} - 1))}
 else
-  [[ -z $ARRAY ]] || die "--array needs --commands FILE (one command per array task)"
-  [[ ${#COMMAND[@]} -gt 0 ]] || die "missing the command to run after -- (or --commands FILE)"
+  [[ -z $ARRAY ]] || die "--array needs --array-file FILE (one command per array task)"
+  [[ ${#COMMAND[@]} -gt 0 ]] || die "missing the command to run after -- (or --array-file FILE)"
 fi
 
 [[ $LOGS == /* ]] || LOGS=$ROOT/$LOGS

@@ -202,14 +202,14 @@ def test_slurm_array_task_i_runs_line_i(stubs, tmp_path):
   commands = tmp_path / "sweep.txt"
   commands.write_text("".join(f"echo {i} $INFINI_PROCESS_ID > {tmp_path}/task{i}.txt\n"
                               for i in range(3)))
-  script = slurm_script(stubs, tmp_path, "--commands", str(commands))
+  script = slurm_script(stubs, tmp_path, "--array-file", str(commands))
   text = script.read_text()
   assert "#SBATCH --array=0-2" in text and "%A_%a.out" in text
   job = run_job(stubs, script, SLURM_ARRAY_TASK_ID="1")
   assert job.returncode == 0, job.stderr
   assert [p.name for p in tmp_path.glob("task*.txt")] == ["task1.txt"]
   assert (tmp_path / "task1.txt").read_text() == "1 1\n"
-  assert "#SBATCH --array=0,2" in slurm_script(stubs, tmp_path, "--commands", str(commands),
+  assert "#SBATCH --array=0,2" in slurm_script(stubs, tmp_path, "--array-file", str(commands),
                                                "--array", "0,2").read_text()
 
 
@@ -219,8 +219,8 @@ def test_slurm_array_task_i_runs_line_i(stubs, tmp_path):
     (["--nodes", "1", "--time", "1:00:00"], "missing the command to run after --"),
     (["--nodes", "x", "--time", "1:00:00", "--", "python"], "--nodes must be a positive integer"),
     (["--nodes", "1", "--time", "1:00:00", "--array", "0-3", "--", "python"],
-     "--array needs --commands FILE"),
-    (["--nodes", "1", "--time", "1:00:00", "--commands", "/nonexistent"], "no file /nonexistent"),
+     "--array needs --array-file FILE"),
+    (["--nodes", "1", "--time", "1:00:00", "--array-file", "/nonexistent"], "no file /nonexistent"),
 ])
 def test_slurm_bad_flags_are_named(stubs, args, message):
   env, calls = stubs
@@ -233,7 +233,7 @@ def test_slurm_blank_line_and_usage(stubs, tmp_path):
   env, _ = stubs
   commands = tmp_path / "sweep.txt"
   commands.write_text("echo a\n\necho b\n")
-  out = launch(SLURM, "--nodes", "1", "--time", "1:00:00", "--commands", str(commands), env=env)
+  out = launch(SLURM, "--nodes", "1", "--time", "1:00:00", "--array-file", str(commands), env=env)
   assert out.returncode != 0 and "line 2" in out.stderr
   out = launch(SLURM, "--help", env=env)
   assert out.returncode == 0 and out.stdout.startswith("Usage: scripts/launch_slurm.sh")
