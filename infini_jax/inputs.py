@@ -21,10 +21,13 @@ class SyntheticData:
 
 
 class SyntheticPipeline:
-  """Per-host view of :class:`SyntheticData`: process i takes rows [i*local, (i+1)*local)."""
+  """Per-host view of :class:`SyntheticData`: process i takes rows [i*local, (i+1)*local).
+
+  The "train" split and every other split draw from different random streams.
+  """
 
   def __init__(self, cfg: SyntheticData, vocab_size: int, shard_index: int, num_shards: int,
-               start_position: int = 0):
+               start_position: int = 0, split: str = "train"):
     if cfg.batch_size % num_shards:
       raise ValueError(f"global batch_size {cfg.batch_size} is not divisible by {num_shards} "
                        f"processes; set the batch size to a multiple of {num_shards}")
@@ -32,9 +35,10 @@ class SyntheticPipeline:
     self.rows = slice(shard_index * cfg.batch_size // num_shards,
                       (shard_index + 1) * cfg.batch_size // num_shards)
     self.position = start_position
+    self.stream = 0 if split == "train" else 1
 
   def next_local(self) -> dict:
-    rng = np.random.default_rng([self.cfg.seed, self.position])
+    rng = np.random.default_rng([self.cfg.seed, self.stream, self.position])
     tokens = rng.integers(0, self.vocab_size, (self.cfg.batch_size, self.cfg.seq_len + 1),
                           dtype=np.int32)[self.rows]
     self.position += 1
@@ -52,7 +56,7 @@ def make_pipeline(data_cfg, split: str, vocab_size: int, start_position: int = 0
   """A per-host pipeline with ``next_global(sharding)`` and ``position``, for this process."""
   if isinstance(data_cfg, SyntheticData):
     return SyntheticPipeline(data_cfg, vocab_size, jax.process_index(), jax.process_count(),
-                             start_position)
+                             start_position, split)
   from infini_jax import data  # TensorFlow and seqio, only when real data is read
   return data.build_pipeline(data_cfg, split=split, shard_index=jax.process_index(),
                              num_shards=jax.process_count(), start_position=start_position)

@@ -132,6 +132,20 @@ def test_resume_after_kill_is_bit_exact(tmp_path):
     assert killed[s] == straight[s], f"step {s}: {killed[s]!r} != {straight[s]!r}"
 
 
+def test_resume_on_another_mesh_and_eval_entry_point(tmp_path):
+  run_train(tmp_path / "run", "--gin.TRAIN_STEPS=2", devices=1)
+  run_train(tmp_path / "run", "--gin.TRAIN_STEPS=4", "--gin.MeshConfig.data=2",
+            "--gin.MeshConfig.fsdp=2", "--gin.MeshConfig.tensor=2", devices=8)
+  resumed = losses(tmp_path / "run")
+  straight = tmp_path / "straight"
+  run_train(straight, "--gin.TRAIN_STEPS=4")
+  np.testing.assert_allclose([resumed[s] for s in (3, 4)], [losses(straight)[s] for s in (3, 4)],
+                             rtol=2e-5)
+  proc = run_train(tmp_path / "run", "--gin.train.eval_batches=2", entry="eval")
+  result = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert result["step"] == 4 and 5.0 < result["eval_loss"] < 7.5   # ~ln(384) on random tokens
+
+
 def test_corrupted_newest_checkpoint_is_skipped_on_resume(tmp_path):
   run_train(tmp_path / "run", "--gin.TRAIN_STEPS=4", "--gin.train.checkpoint_every=2")
   newest = tmp_path / "run" / "checkpoints" / "4"
