@@ -86,12 +86,12 @@ def parse_gin(argv, checkpoint_flag: str | None = None) -> dict:
   if rest:
     raise cli.ConfigError(f"unknown arguments {rest}")
   if not files:
-    run_config = run_config(checkpoint_flag) if checkpoint_flag else None
-    if run_config is None:
+    found = run_config(checkpoint_flag) if checkpoint_flag else None
+    if found is None:
       raise cli.ConfigError("no --gin_file given and no run config.gin found; pass the run's gin "
                             "files (e.g. --gin_file=configs/passkey_tiny.gin) or "
                             "--checkpoint=RUN_DIR of a run that wrote RUN_DIR/config.gin")
-    files = [run_config]
+    files = [found]
   cli.parse(files, paths, bindings)
   return dict(cli.bindings_of("train"))
 

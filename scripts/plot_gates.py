@@ -1,0 +1,135 @@
+"""The gates sigmoid(beta) of a run: per layer and head (the paper's Figure 3), and over training.
+
+    python scripts/plot_gates.py --checkpoint=runs/passkey_tiny
+    python scripts/plot_gates.py --gin_file=configs/passkey_tiny.gin --out=/tmp/gates
+
+Own flags (the rest are gin flags, as for the trainer; without ``--gin_file`` the run's
+``config.gin`` next to ``--checkpoint`` is read):
+  --checkpoint=DIR  a run directory, its checkpoints/ or one step (default MODEL_DIR's)
+  --logdir=DIR      the run's TensorBoard logs, scalars gates/layer_L/head_H
+                    (default MODEL_DIR/tensorboard; skipped if absent)
+  --out=DIR         where gates.png and gates_over_training.png go (default MODEL_DIR/eval)
+
+A gate near 1 reads only the memory, near 0 only the local attention, near 0.5 mixes both.
+"""
+
+import os
+import re
+import sys
+
+import jax
+import numpy as np
+from flax import nnx
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from infini_jax import checkpoint, cli, evaluation, step  # noqa: E402
+
+FLAGS = ("checkpoint", "logdir", "out")
+TAG = re.compile(r"gates/layer_(\d+)/head_(\d+)$")
+
+
+def restore_gates(model_cfg, directory: str) -> tuple[np.ndarray, int]:
+  """sigmoid(beta) ``[layers, heads]`` of a checkpoint (only beta is read) and its step."""
+  if model_cfg.memory == "none":
+    raise cli.ConfigError('the model has memory="none": it has no gates')
+  _, abstract = step.abstract_model(model_cfg)
+  beta = nnx.to_pure_dict(abstract)["blocks"]["attn"]["beta"]
+  target = {"blocks": {"attn": {"beta": jax.ShapeDtypeStruct(beta.shape, beta.dtype)}}}
+  params, report = checkpoint.restore_params(directory, target)
+  if report["missing"]:
+    raise ValueError(f"checkpoint {report['directory']} has no gates {report['missing']}")
+  beta = np.asarray(params["blocks"]["attn"]["beta"], np.float64)
+  return 1.0 / (1.0 + np.exp(-beta)), int(report["step"])
+
+
+def read_gate_history(logdir: str) -> dict:
+  """{(layer, head): (steps, values)} from TensorBoard event files under ``logdir``."""
+  from tensorboard.backend.event_processing import event_accumulator
+  history = {}
+  runs = sorted({os.path.dirname(os.path.join(root, f)) for root, _, files in os.walk(logdir)
+                 for f in files if "tfevents" in f})
+  for run in runs:
+    events = event_accumulator.EventAccumulator(run, size_guidance={"scalars": 0})
+    events.Reload()
+    for tag in events.Tags().get("scalars", []):
+      match = TAG.search(tag)
+      if match:
+        points = history.setdefault((int(match.group(1)), int(match.group(2))), {})
+        for event in events.Scalars(tag):
+          points[event.step] = event.value   # a resumed run rewrites steps: the last one wins
+  return {k: (np.array(sorted(v)), np.array([v[s] for s in sorted(v)])) for k, v in history.items()}
+
+
+def plot_heat_map(gates: np.ndarray, path: str, title: str) -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  layers, heads = gates.shape
+  fig, ax = plt.subplots(figsize=(1.5 + 0.55 * heads, 1.2 + 0.45 * layers))
+  image = ax.imshow(gates, cmap="coolwarm", vmin=0, vmax=1, aspect="auto")
+  ax.set_xticks(range(heads))
+  ax.set_yticks(range(layers))
+  ax.set_xlabel("head")
+  ax.set_ylabel("layer")
+  if gates.size <= 256:
+    for (i, j), value in np.ndenumerate(gates):
+      ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7)
+  fig.colorbar(image, ax=ax, label="sigmoid(beta): 0 local, 1 memory")
+  ax.set_title(title, fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def plot_history(history: dict, path: str, title: str) -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  layers = sorted({layer for layer, _ in history})
+  fig, axes = plt.subplots(len(layers), 1, figsize=(7, 1.2 + 1.8 * len(layers)), sharex=True,
+                           squeeze=False)
+  for ax, layer in zip(axes[:, 0], layers):
+    for (l, head), (steps, values) in sorted(history.items()):
+      if l == layer:
+        ax.plot(steps, values, label=f"head {head}", linewidth=1)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel(f"layer {layer}")
+    ax.axhline(0.5, color="gray", linewidth=0.5, linestyle=":")
+  axes[0, 0].set_title(title, fontsize=9)
+  axes[0, 0].legend(fontsize=6, ncol=4, loc="upper left")
+  axes[-1, 0].set_xlabel("step")
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def main(argv=None) -> dict:
+  argv = sys.argv[1:] if argv is None else argv
+  own, rest = evaluation.split_own_flags(argv, FLAGS)
+  cli.setup_logging()
+  checkpoint_flag = evaluation.last(own, "checkpoint")
+  bound = evaluation.parse_gin(rest, checkpoint_flag)
+  model_dir = bound.get("model_dir") or ""
+  out = evaluation.last(own, "out") or os.path.join(model_dir, "eval")
+  os.makedirs(out, exist_ok=True)
+  written = {}
+  directory = evaluation.checkpoint_dir(checkpoint_flag, model_dir)
+  gates, at_step = restore_gates(bound["model"], directory)
+  written["heat_map"] = os.path.join(out, "gates.png")
+  plot_heat_map(gates, written["heat_map"], f"gates sigmoid(beta) at step {at_step}\n{directory}")
+  print(f"sigmoid(beta) at step {at_step} (rows: layers, columns: heads)")
+  print("\n".join(" ".join(f"{g:.2f}" for g in row) for row in gates))
+  logdir = evaluation.last(own, "logdir") or os.path.join(model_dir, "tensorboard")
+  history = read_gate_history(logdir) if os.path.isdir(logdir) else {}
+  if history:
+    written["history"] = os.path.join(out, "gates_over_training.png")
+    plot_history(history, written["history"], f"gates over training ({logdir})")
+  else:
+    print(f"no gate scalars under {logdir}; only the heat map is drawn")
+  print("wrote " + " and ".join(written.values()), flush=True)
+  return {"gates": gates, "step": at_step, "history": history, **written}
+
+
+if __name__ == "__main__":
+  main()
