@@ -21,7 +21,6 @@ from flax import nnx
 
 from infini_jax import memory as mem
 from infini_jax.model.attention import local_attention
-from infini_jax.model.layers import rope
 from infini_jax.model.transformer import InfiniTransformer, stack_layers
 
 
@@ -107,12 +106,12 @@ def _layer(block, x, memory, k_cache, v_cache, pos, whole_segment: bool):
   q, k, v = attn.project(y)
   if whole_segment:
     k_cache, v_cache = k, v
-    local = local_attention(rope(q, cfg.rope_theta), rope(k, cfg.rope_theta), v,
+    local = local_attention(attn.rotate(q), attn.rotate(k), v,
                             cfg.attention_impl)
   else:
     k_cache, v_cache = _write(k_cache, k, pos), _write(v_cache, v, pos)
     positions = pos[:, None] + jnp.arange(x.shape[1])
-    local = _cached_attention(rope(q, cfg.rope_theta, positions), rope(k_cache, cfg.rope_theta),
+    local = _cached_attention(attn.rotate(q, positions), attn.rotate(k_cache),
                               v_cache, pos)
   x = x + attn.output(local, q, memory)                            # un-rotated q, memory so far
   x = x + block.mlp(block.mlp_norm(x))

@@ -17,7 +17,11 @@ VOCAB = 64
 CFG = ModelConfig(vocab_size=VOCAB, num_layers=2, d_model=32, num_heads=4, num_kv_heads=2,
                   mlp_dim=64, segment_len=SEG, gate_init=0.0)
 VARIANTS = {"linear": dict(update_rule="linear"), "delta": dict(update_rule="delta"),
-            "none": dict(memory="none")}
+            "none": dict(memory="none"),
+            # Llama 3.1's RoPE scaling, with a context short enough that it changes frequencies.
+            "llama3_rope": dict(rope_scaling={"factor": 8.0,
+                                              "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                              "original_max_position_embeddings": 8})}
 
 
 @functools.cache
