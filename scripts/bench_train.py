@@ -1,0 +1,199 @@
+"""Train-step throughput and MFU, the infini model and the memory="none" baseline side by side.
+
+    python scripts/bench_train.py --preset cpu [--json out.json]          # a reduced config
+    python3 scripts/bench_train.py --preset 1b --json out.json            # Llama-3.2-1B shape, GPU
+    python scripts/bench_train.py --gin_file=configs/1b.gin [--gin.NAME=VALUE ...]
+
+The real train step (``step.build``: sharded, jitted, donated state, AdamW from ``optim``) runs on a
+mesh over the present devices (data=1, fsdp=all, tensor=1 for a preset; the gin file's MeshConfig
+otherwise) with synthetic batches (``inputs.SyntheticPipeline``), made before the clock starts. For
+each model: compile time and compiled peak memory per device, step time, tokens/s, and MFU counted
+as MaxText counts it (``flops.train_flops_per_token``: matmuls + causal-half local attention,
+x3), without and with the compressive memory's FLOPs, against ``flops.peak_flops_per_device`` (the
+chip's dense bf16 peak; on CPU unknown, so n/a unless ``--peak_flops`` is given). "overhead" is how
+much slower the infini step is than the baseline's.
+
+gin is imported only for ``--gin_file``, and nothing from ``infini_jax.data`` (TensorFlow, seqio)
+at all, so the presets run with a bare JAX install (the GPU image). ``--compile_only`` lowers the
+step from abstract inputs and stops: the 1B preset can be checked on a CPU that could not hold it.
+``--profile DIR`` traces ``--profile_steps`` more steps of each model with ``jax.profiler`` (open in
+TensorBoard or Perfetto).
+"""
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+
+from infini_jax import flops, optim, sharding, step
+from infini_jax.inputs import SyntheticData, SyntheticPipeline
+from infini_jax.model import ModelConfig
+
+PRESETS = {
+    # A few seconds a step on two CPU cores.
+    "cpu": dict(model=ModelConfig(vocab_size=512, num_layers=2, d_model=128, num_heads=4,
+                                  num_kv_heads=2, mlp_dim=384, segment_len=256,
+                                  update_rule="delta", remat="segment"),
+                batch=4, seq_len=1024),
+    # Llama-3.2-1B's shape (configs/models/llama3_2_1b.gin), segment 2048, inputs of 4096.
+    "1b": dict(model=ModelConfig(vocab_size=128256, num_layers=16, d_model=2048, num_heads=32,
+                                 num_kv_heads=8, head_dim=64, mlp_dim=8192, segment_len=2048,
+                                 rope_theta=500_000.0, norm_eps=1e-5, tie_embeddings=True,
+                                 update_rule="delta", dtype="bfloat16", remat="segment_and_layer"),
+               batch=8, seq_len=4096),
+}
+
+
+def from_gin(files, paths, bindings):
+  """(model config, global batch, seq_len, optimizer config, mesh, rules) from gin files."""
+  from infini_jax import cli   # imports gin
+  cli.parse(files, paths, bindings)
+  bound = cli.bindings_of("train")
+  data, mesh_cfg = bound["data"], bound["mesh"]
+  return (bound["model"], data.batch_size, data.seq_len,
+          bound.get("optimizer") or optim.OptimizerConfig(), mesh_cfg.build(), mesh_cfg.rules)
+
+
+def bench(cfg: ModelConfig, opt_cfg, mesh, rules, batch: int, seq_len: int, args) -> dict:
+  devices = mesh.devices.size
+  row = {"memory": cfg.memory, "segments": cfg.num_segments(seq_len), "global_batch": batch,
+         "seq_len": seq_len, "tokens_per_step": batch * seq_len, "devices": devices,
+         "flops_per_token": flops.train_flops_per_token(cfg, with_memory=False),
+         "flops_per_token_with_memory": flops.train_flops_per_token(cfg, with_memory=True)}
+  with sharding.activate(mesh, rules):
+    fns = step.build(cfg, optim.make_optimizer(opt_cfg), mesh, rules, batch, seq_len,
+                     schedule=optim.make_schedule(opt_cfg))
+    row["parameters"] = int(sum(x.size for x in jax.tree.leaves(fns.abstract_state["params"])))
+    abstract_batch = {k: jax.ShapeDtypeStruct((batch, seq_len), dtype, sharding=fns.batch_sharding)
+                      for k, dtype in (("inputs", jnp.int32), ("targets", jnp.int32),
+                                       ("loss_mask", jnp.float32))}
+    t0 = time.perf_counter()
+    compiled = fns.train.lower(fns.abstract_state, abstract_batch).compile()
+    row["compile_s"] = time.perf_counter() - t0
+    m = compiled.memory_analysis()
+    if m is not None:
+      row["peak_bytes_per_device"] = (m.argument_size_in_bytes + m.output_size_in_bytes
+                                      + m.temp_size_in_bytes - m.alias_size_in_bytes)
+      row["temp_bytes_per_device"] = m.temp_size_in_bytes
+    if args.compile_only:
+      return row
+
+    state = fns.init(jax.random.key(0))
+    pipeline = SyntheticPipeline(SyntheticData(batch, seq_len, cfg.segment_len, args.seed),
+                                 cfg.vocab_size, jax.process_index(), jax.process_count())
+    batches = [pipeline.next_global(fns.batch_sharding) for _ in range(2)]
+    for i in range(args.warmup):
+      state, metrics = compiled(state, batches[i % 2])
+      jax.block_until_ready(metrics["loss"])
+    t0 = time.perf_counter()
+    for i in range(args.steps):
+      state, metrics = compiled(state, batches[i % 2])
+    row["loss"] = float(metrics["loss"])                 # blocks on the last step
+    seconds = (time.perf_counter() - t0) / args.steps
+    if args.profile:
+      with jax.profiler.trace(f"{args.profile}/{cfg.memory}"):
+        for i in range(args.profile_steps):
+          state, metrics = compiled(state, batches[i % 2])
+        jax.block_until_ready(metrics["loss"])
+  tokens_per_s = batch * seq_len / seconds
+  peak = flops.peak_flops_per_device(args.peak_flops)
+  per_device = row["flops_per_token"] * tokens_per_s / devices
+  per_device_mem = row["flops_per_token_with_memory"] * tokens_per_s / devices
+  row.update(step_s=seconds, tokens_per_s=tokens_per_s, tokens_per_s_per_device=tokens_per_s / devices,
+             model_flops_per_s_per_device=per_device, peak_flops_per_device=peak,
+             mfu=per_device / peak if peak else None,
+             mfu_with_memory=per_device_mem / peak if peak else None)
+  return row
+
+
+def print_rows(rows, header: bool = False):
+  if header:
+    print(f"{'memory':>7} {'params':>8} {'segs':>4} {'tokens':>7} {'compile s':>9} "
+          f"{'peak GiB':>8} {'step ms':>9} {'tokens/s':>10} {'tok/s/dev':>10} {'TFLOP/s':>8} "
+          f"{'MFU':>6} {'MFU+mem':>7} {'overhead':>8}")
+  for r in rows:
+    pct = lambda x: f"{100 * x:5.1f}%" if x is not None else "n/a"
+    gib = (f"{r['peak_bytes_per_device'] / 2**30:8.2f}" if r.get("peak_bytes_per_device")
+           is not None else f"{'n/a':>8}")
+    ran = "step_s" in r
+    print(f"{r['memory']:>7} {r['parameters'] / 1e6:7.1f}M {r['segments']:>4} "
+          f"{r['tokens_per_step']:>7} {r['compile_s']:>9.1f} {gib} "
+          + (f"{1e3 * r['step_s']:>9.1f} {r['tokens_per_s']:>10,.0f} "
+             f"{r['tokens_per_s_per_device']:>10,.0f} {r['model_flops_per_s_per_device'] / 1e12:>8.3f} "
+             f"{pct(r['mfu']):>6} {pct(r['mfu_with_memory']):>7} "
+             if ran else f"{'-':>9} {'-':>10} {'-':>10} {'-':>8} {'-':>6} {'-':>7} ")
+          + (f"{r['overhead']:>+7.1f}%" if r.get("overhead") is not None else f"{'':>8}"),
+          flush=True)
+
+
+def main(argv=None):
+  argv = sys.argv[1:] if argv is None else argv
+  files, paths, bindings, rest = [], [], [], argv
+  if any(a.startswith(("--gin_file=", "--gin_search_paths=", "--gin.")) for a in argv):
+    from infini_jax import cli   # imports gin: only when gin flags are given
+    files, paths, bindings, rest = cli.split_flags(argv)
+  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+  p.add_argument("--preset", choices=sorted(PRESETS), help="a built-in config (no gin needed)")
+  p.add_argument("--batch", type=int, help="global batch (default: the preset's or gin's)")
+  p.add_argument("--seq_len", type=int, help="tokens per example (default: the preset's or gin's)")
+  p.add_argument("--segment_len", type=int)
+  p.add_argument("--remat", choices=("segment", "segment_and_layer", "none"))
+  p.add_argument("--attention_impl", choices=("xla", "cudnn", "reference"),
+                 help="default: cudnn on GPU, else the config's")
+  p.add_argument("--memories", default="infini,none", help="which models, in order")
+  p.add_argument("--steps", type=int, default=5, help="timed steps")
+  p.add_argument("--warmup", type=int, default=2, help="untimed steps after compiling")
+  p.add_argument("--peak_flops", type=float, help="peak FLOP/s per device (default: by device kind)")
+  p.add_argument("--compile_only", action="store_true", help="compile from abstract inputs, stop")
+  p.add_argument("--profile", metavar="DIR", help="jax.profiler trace of a few steps per model")
+  p.add_argument("--profile_steps", type=int, default=3)
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--json", help="write the rows to this file")
+  args = p.parse_args(rest)
+  if bool(files) == bool(args.preset):
+    raise SystemExit("give exactly one of --preset and --gin_file (see --help)")
+  if files:
+    cfg, batch, seq_len, opt_cfg, mesh, rules = from_gin(files, paths, bindings)
+  else:
+    preset = PRESETS[args.preset]
+    cfg, batch, seq_len = preset["model"], preset["batch"], preset["seq_len"]
+    opt_cfg = optim.OptimizerConfig(name="adamw", warmup_steps=10, total_steps=1000)
+    mesh, rules = sharding.make_mesh(data=1, fsdp=-1, tensor=1), sharding.DEFAULT_RULES
+  batch, seq_len = args.batch or batch, args.seq_len or seq_len
+  overrides = {k: getattr(args, k) for k in ("segment_len", "remat", "attention_impl")
+               if getattr(args, k)}
+  if "attention_impl" not in overrides and jax.default_backend() == "gpu":
+    overrides["attention_impl"] = "cudnn"
+  cfg = dataclasses.replace(cfg, **overrides)
+  device = jax.devices()[0].device_kind
+  print(f"device: {device} x{jax.device_count()} (jax {jax.__version__}), mesh {dict(mesh.shape)}; "
+        f"{cfg.num_layers} layers, d_model {cfg.d_model}, vocab {cfg.vocab_size}, {cfg.dtype}, "
+        f"segment {cfg.segment_len}, seq {seq_len}, global batch {batch}, remat {cfg.remat}, "
+        f"attention {cfg.attention_impl}, update {cfg.update_rule}")
+  peak = flops.peak_flops_per_device(args.peak_flops)
+  print(f"peak: {f'{peak / 1e12:.0f} TFLOP/s per device' if peak else 'unknown (MFU n/a; pass --peak_flops)'}; "
+        f"MFU counts matmuls + causal-half attention x3 (MaxText), MFU+mem adds the memory's FLOPs")
+  rows = []
+  for i, memory in enumerate(args.memories.split(",")):
+    row = bench(dataclasses.replace(cfg, memory=memory), opt_cfg, mesh, rules, batch, seq_len, args)
+    rows.append(row)
+    print_rows([row], header=i == 0)
+  by = {r["memory"]: r for r in rows}
+  if "step_s" in by.get("infini", {}) and "step_s" in by.get("none", {}):
+    overhead = 100 * (by["infini"]["step_s"] / by["none"]["step_s"] - 1)
+    by["infini"]["overhead"] = overhead
+    print(f"memory overhead: the infini step takes {overhead:+.1f}% of the baseline's time")
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump({"device": device, "device_count": jax.device_count(), "jax": jax.__version__,
+                 "model": dataclasses.asdict(cfg), "args": vars(args), "gin_files": files,
+                 "gin_bindings": [b for _, b in bindings], "rows": rows}, f, indent=1)
+  return rows
+
+
+if __name__ == "__main__":
+  main()
