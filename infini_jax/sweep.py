@@ -228,7 +228,9 @@ def _short_key(name: str) -> str:
 
 
 def _short_value(value) -> str:
-  if isinstance(value, float) and math.isfinite(value):
+  if isinstance(value, float) and not math.isfinite(value):
+    return str(value)
+  if isinstance(value, float):
     if value == int(value) and abs(value) < 1e4:
       return str(int(value))
     if abs(value) < 0.1 or abs(value) >= 1e4:
@@ -361,24 +363,28 @@ def train_command(python: str, files, paths, base_flags, run: Run, dir_key: str,
 
 def record(run_dir: str, cmd: list, env=None, echo: bool = False) -> int:
   """Runs ``cmd``, its output appended to run_dir/train.log, and keeps run_dir/status.json."""
-  chief = all(os.environ.get(v, "0") == "0"
-              for v in ("INFINI_PROCESS_ID", "SLURM_PROCID", "TPU_WORKER_ID"))
+  process = next((os.environ[v] for v in ("INFINI_PROCESS_ID", "SLURM_PROCID", "TPU_WORKER_ID")
+                  if os.environ.get(v, "0") != "0"), "0")
+  chief = process == "0"
   os.makedirs(run_dir, exist_ok=True)
   status = {"status": "running", "command": shell_line(cmd), "host": socket.gethostname(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "started_unix": time.time()}
-  if chief:
-    _write_status(run_dir, status)
-  with open(os.path.join(run_dir, "train.log"), "a") as log:
+  with open(os.path.join(run_dir, "train.log" if chief else f"train.{process}.log"), "a") as log:
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
+    status["pid"] = proc.pid
+    if chief:
+      _write_status(run_dir, status)
     for line in proc.stdout:
       log.write(line)
       if echo:
         sys.stdout.write(line)
     rc = proc.wait()
   last = (sweep_summary.read_metrics(run_dir) or [{}])[-1]
-  if rc != 0:
-    status.update(status="failed", error=last.get("error") or _last_error(run_dir))
+  if rc < 0:   # killed by a signal (Ctrl-C, kill): re-run when the sweep is started again
+    status.update(status="interrupted", error=f"killed by signal {-rc}")
+  elif rc != 0:
+    status.update(status="failed", error=_last_error(run_dir) or last.get("error") or "no output")
   else:
     status["status"] = "preempted" if last.get("event") == "preempted" else "finished"
   status.update(returncode=rc, ended=time.strftime("%Y-%m-%dT%H:%M:%S"), ended_unix=time.time())
@@ -394,14 +400,14 @@ def _write_status(run_dir: str, status: dict) -> None:
   os.replace(tmp, os.path.join(run_dir, "status.json"))
 
 
-def _last_error(run_dir: str) -> str:
+def _last_error(run_dir: str) -> str | None:
   """The exception line of the run's log (its last line that looks like one), else its last line."""
   with open(os.path.join(run_dir, "train.log")) as f:
     lines = [line.strip() for line in f if line.strip()]
   for line in reversed(lines[-50:]):
     if re.match(r"^([\w.]+(Error|Exception|Loss|Interrupt)|error)\b.*:", line):
       return line[:500]
-  return lines[-1][:500] if lines else "no output"
+  return lines[-1][:500] if lines else None
 
 
 def device_slots(parallel: int, devices: str | None) -> list:
@@ -505,7 +511,8 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--retry_failed", action="store_true")
   p.add_argument("--dry-run", "--dry_run", dest="dry_run", action="store_true")
   p.add_argument("--launcher_args", default="", help="extra flags for the slurm/tpu launcher")
-  p.add_argument("--python", default=sys.executable, help="the Python that runs each command")
+  p.add_argument("--python", help="the Python of each command (default: this one; on a "
+                 "cluster: python, of the .venv the launchers activate)")
   p.add_argument("--sort_by", default="eval_loss")
   p.add_argument("--summarize", metavar="SWEEP_DIR", help="only rebuild the summary of SWEEP_DIR")
   p.add_argument("--record", metavar="RUN_DIR", help=argparse.SUPPRESS)
@@ -530,6 +537,10 @@ def main(argv=None) -> int:
   runs = plan(spec)
   stem = os.path.splitext(os.path.basename(args.sweep_file))[0]
   sweep_dir = args.sweep_dir or os.path.join("runs", "sweeps", stem)
+  if args.backend == "slurm":   # the job runs in the repository root, on a shared filesystem
+    sweep_dir = os.path.abspath(sweep_dir)
+    files = [os.path.abspath(f) if os.path.isfile(f) else f for f in files]
+  python = args.python or (sys.executable if args.backend == "local" else "python")
   dir_key, steps = validate(runs, files, paths, bindings, sweep_dir)
   print(f"[sweep] {len(runs)} runs ({spec['kind']}) in {sweep_dir}; every config checked",
         flush=True)
@@ -542,7 +553,7 @@ def main(argv=None) -> int:
     if state == "finished" or (state == "failed" and not args.retry_failed):
       skipped.append(f"{run.name} ({state})")
     else:
-      todo.append((run, run_dir, train_command(args.python, files, paths, base_flags, run,
+      todo.append((run, run_dir, train_command(python, files, paths, base_flags, run,
                                                dir_key, sweep_dir)))
   if skipped:
     print(f"[sweep] skipping {len(skipped)}: {', '.join(skipped)}", flush=True)
@@ -559,9 +570,9 @@ def main(argv=None) -> int:
                           for r, n in zip(runs, steps)]}, f, indent=1)
   launcher_args = shlex.split(args.launcher_args)
   if args.backend == "slurm":
-    return run_slurm(todo, sweep_dir, args.python, launcher_args, args.dry_run)
+    return run_slurm(todo, sweep_dir, python, launcher_args, args.dry_run)
   if args.backend == "tpu":
-    codes = run_tpu(todo, args.python, launcher_args, args.dry_run)
+    codes = run_tpu(todo, python, launcher_args, args.dry_run)
   else:
     codes = run_local(todo, args.parallel, args.devices, args.dry_run)
   if not args.dry_run:

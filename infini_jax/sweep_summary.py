@@ -15,6 +15,7 @@ import math
 import os
 import re
 import shlex
+import socket
 import struct
 
 STANDARD = ("name", "status", "steps", "train_loss", "eval_loss", "best_eval_loss", "tokens_per_s")
@@ -49,17 +50,35 @@ def last_train_step(records: list) -> int:
 
 
 def run_status(run_dir: str, steps: int | None) -> str:
-  """finished | failed | running | preempted | unfinished | pending."""
+  """finished | failed | running | preempted | interrupted | unfinished | pending.
+
+  Only failed runs are not re-run by default; interrupted ones were killed by a signal.
+  """
   status, records = read_status(run_dir), read_metrics(run_dir)
   if status.get("status") == "failed" or (records and records[-1].get("event") == "failed"):
     return "failed"
   if steps and last_train_step(records) >= steps:
     return "finished"
-  if status.get("status") in ("running", "preempted"):
+  if status.get("status") == "running" and not _alive(status):
+    return "interrupted"
+  if status.get("status") in ("running", "preempted", "interrupted"):
     return status["status"]
   if status.get("status") == "finished" and not steps:
     return "finished"
   return "unfinished" if status or records or os.path.isdir(run_dir) else "pending"
+
+
+def _alive(status: dict) -> bool:
+  """Whether a "running" run's process still runs (unknowable for another host: assumed so)."""
+  if status.get("host") != socket.gethostname() or "pid" not in status:
+    return True
+  try:
+    os.kill(status["pid"], 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    pass
+  return True
 
 
 def collect(sweep_dir: str) -> tuple:
@@ -103,9 +122,9 @@ def collect(sweep_dir: str) -> tuple:
 def sort_rows(rows: list, sort_by: str) -> list:
   sign = -1 if DESCENDING.search(sort_by) else 1
 
-  def key(row):
+  def key(row):   # failed runs and runs without the metric last
     v = row.get(sort_by)
-    ok = isinstance(v, (int, float)) and math.isfinite(v)
+    ok = isinstance(v, (int, float)) and math.isfinite(v) and row["status"] != "failed"
     return (not ok, sign * v if ok else 0.0)
   return sorted(rows, key=key)
 
@@ -117,8 +136,8 @@ def summarize(sweep_dir: str, sort_by: str = "eval_loss") -> list:
     sort_by = "train_loss"   # no run evaluates: the train loss is the next best thing
   rows = sort_rows(rows, sort_by)
   extras = sorted({k for r in rows for k in r} - set(STANDARD) - set(bindings) - {"error"})
-  columns = ["name", *bindings, *STANDARD[1:], *extras] + (
-      ["error"] if any("error" in r for r in rows) else [])
+  columns = [c for c in ["name", *bindings, *STANDARD[1:], *extras, "error"]
+             if c in ("name", "status") or any(r.get(c) is not None for r in rows)]
   with open(os.path.join(sweep_dir, "results.csv"), "w", newline="") as f:
     writer = csv.DictWriter(f, columns)
     writer.writeheader()
