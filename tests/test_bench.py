@@ -1,0 +1,93 @@
+"""Smoke tests of the benchmark scripts at tiny sizes: they run, print their table, write JSON/PNG."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _script(name):
+  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "scripts", f"{name}.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_parse_length():
+  scaling = _script("bench_scaling")
+  assert [scaling.parse_length(s) for s in ("4K", "1M", "3000", "16k")] == [4096, 2**20, 3000, 16384]
+  assert scaling.short(2**20) == "1M" and scaling.short(3000) == "3000"
+
+
+def test_bench_scaling_tiny(tmp_path, capsys):
+  scaling = _script("bench_scaling")
+  rows = scaling.main(["--lengths=256,1024", "--segment_len=128", "--models=infini,full",
+                       "--max_full_len=256", "--d_model=16", "--mlp_dim=32", "--vocab=64",
+                       f"--json={tmp_path / 's.json'}", f"--plot={tmp_path / 's.png'}"])
+  out = capsys.readouterr().out
+  assert "us/token" in out and "RSS grow" in out and "skipped (> --max_full_len=256)" in out
+  by = {(r["mode"], r["model"], r["length"]): r for r in rows}
+  assert all(by[("inference", "infini", n)]["status"] == "ok" for n in (256, 1024)), rows
+  # Streaming inference: the same chunk program at every length, so the same compiled peak.
+  assert (by[("inference", "infini", 256)]["compiled_bytes"]
+          == by[("inference", "infini", 1024)]["compiled_bytes"])
+  train = by[("train", "infini", 1024)]
+  assert train["status"] == "ok" and train["carry_bytes"] == 4 * (16 * 17) * 8   # float32 d x (d+1), 8 segments
+  assert by[("train", "full", 256)]["status"] == "ok"
+  assert by[("train", "full", 1024)]["status"].startswith("skipped")
+  saved = json.loads((tmp_path / "s.json").read_text())
+  assert len(saved["rows"]) == 8 and saved["args"]["segment_len"] == 128
+  assert (tmp_path / "s.png").stat().st_size > 1000
+
+
+def test_bench_scaling_marks_what_does_not_fit(capsys):
+  scaling = _script("bench_scaling")
+  rows = scaling.main(["--lengths=512", "--segment_len=128", "--models=full", "--modes=train",
+                       "--d_model=16", "--mlp_dim=32", "--vocab=64", "--max_bytes=1000"])
+  assert rows[0]["status"] == "does not fit" and rows[0]["compiled_bytes"] > 1000
+  assert "does not fit" in capsys.readouterr().out
+
+
+def test_bench_train_preset(tmp_path, capsys):
+  train = _script("bench_train")
+  rows = train.main(["--preset=cpu", "--batch=2", "--seq_len=256", "--segment_len=128",
+                     "--steps=1", "--warmup=1", "--peak_flops=1e12",
+                     f"--json={tmp_path / 't.json'}"])
+  out = capsys.readouterr().out
+  assert "tokens/s" in out and "memory overhead" in out
+  infini, none = rows
+  assert (infini["memory"], none["memory"]) == ("infini", "none")
+  assert infini["flops_per_token_with_memory"] > infini["flops_per_token"]
+  assert none["flops_per_token_with_memory"] == none["flops_per_token"]
+  for r in rows:
+    assert r["tokens_per_s"] > 0 and 0 < r["mfu"] <= r["mfu_with_memory"] < 1
+  assert "overhead" in infini
+  saved = json.loads((tmp_path / "t.json").read_text())
+  assert saved["model"]["segment_len"] == 128 and len(saved["rows"]) == 2
+
+
+def test_bench_train_gin_compile_only(capsys):
+  pytest.importorskip("gin")
+  train = _script("bench_train")
+  rows = train.main([f"--gin_file={ROOT}/configs/tiny.gin", "--gin.SEQ_LEN=256",
+                     "--gin.BATCH_SIZE=2", "--memories=none", "--compile_only"])
+  assert rows[0]["seq_len"] == 256 and rows[0]["global_batch"] == 2 and "step_s" not in rows[0]
+  assert rows[0]["peak_bytes_per_device"] > 0
+
+
+def test_bench_train_imports_without_gin_or_data():
+  """The GPU image has no gin, seqio or TensorFlow: the script must not need them for presets."""
+  code = ("import sys; sys.modules['gin'] = None\n"
+          "import importlib.util\n"
+          f"spec = importlib.util.spec_from_file_location('b', {os.path.join(ROOT, 'scripts', 'bench_train.py')!r})\n"
+          "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)\n"
+          "bad = [k for k in sys.modules if k.startswith(('infini_jax.data', 'seqio', 'tensorflow'))]\n"
+          "assert not bad, bad\n"
+          "assert m.PRESETS['1b']['model'].vocab_size == 128256\n")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+  assert out.returncode == 0, out.stderr
