@@ -31,17 +31,23 @@ Backends (``--backend``):
   K slots gets its own ``len/K`` of them through CUDA_VISIBLE_DEVICES; on CPU each slot is pinned
   to its own share of the cores with ``taskset`` (its JAX sees the usual one CPU device, or what
   XLA_FLAGS says).
-- slurm: one job array through ``scripts/launch_slurm.sh --array-file SWEEP_DIR/slurm_array.txt``.
-- tpu: one run after another through ``scripts/launch_tpu_pod.sh ... -- CMD``.
-``--launcher_args="..."`` is passed to the launcher. On a cluster each command is wrapped as
-``python -m infini_jax.sweep --record=RUN_DIR -- python -m infini_jax.train ...`` so the run
-itself writes status.json (process 0 only); SWEEP_DIR must be on a shared filesystem.
-``--dry-run`` prints every command and runs nothing (slurm: it writes the array file and calls the
-launcher with --dry-run).
+- slurm: one job array, a task per run, through ``scripts/launch_slurm.sh --array-file
+  SWEEP_DIR/slurm_array.txt`` (``--launcher_args="--nodes 1 --time 4:00:00 ..."``); paths are
+  made absolute, since the job runs in the repository root on a shared filesystem.
+- tpu: one run after another through ``scripts/launch_tpu_pod.sh ... -- CMD``, which waits for
+  each (``--launcher_args="--name N --zone Z --accelerator T"``); paths stay relative to the
+  code directory on the workers, where the results are (summarize there).
+``--sweep_dir`` defaults to runs/sweeps/<sweep file name>.
+On a cluster each command is ``python -m infini_jax.sweep --record=RUN_DIR -- python -m
+infini_jax.train ...`` (``python``: the .venv the launchers activate; ``--python=`` to change),
+so the run itself writes status.json (process 0 only). ``--dry-run`` prints every command and
+runs nothing (slurm: it writes the array file and calls the launcher with --dry-run).
 
 Resuming: started again, a sweep skips runs whose metrics.jsonl reached train.steps, re-runs the
-others (the trainer resumes from the newest checkpoint) and skips failed ones unless
-``--retry_failed``. A failed run (non-zero exit, NaN loss) does not stop the others.
+others (interrupted, preempted, never started; the trainer resumes from the newest checkpoint) and
+skips failed ones unless ``--retry_failed``. A failed run (non-zero exit, e.g. NaN loss) is
+recorded with its error line and does not stop the others; one killed by a signal (Ctrl-C) is
+"interrupted", not failed.
 ``--max_runs=N`` starts at most N runs this time.
 
 The summary (results.csv, results.md, loss_curves.png; see sweep_summary.py) is rebuilt after local
@@ -87,7 +93,7 @@ ABBREVIATIONS = {"learning_rate": "lr", "warmup_steps": "warmup", "gate_lr_multi
 
 @dataclasses.dataclass(frozen=True)
 class GinText:
-  """A gin reference or macro in a sweep value (``@SyntheticData()``, ``%SEQ_LEN``), kept as text."""
+  """A gin reference or macro in a sweep value (``@SyntheticData()``, ``%SEQ_LEN``), as text."""
   text: str
 
 
@@ -150,7 +156,8 @@ def read_sweep_file(path: str) -> dict:
       raise ConfigError(f"{path}: a list sweep is SWEEP_RUNS = [{{\"NAME\": value, ...}}, ...] "
                         f"and no sweep.NAME lines")
   elif not axes:
-    raise ConfigError(f"{path}: nothing to sweep; add lines like sweep.LEARNING_RATE = [1e-3, 3e-3]")
+    raise ConfigError(f"{path}: nothing to sweep; add lines like "
+                      f"sweep.LEARNING_RATE = [1e-3, 3e-3]")
   if kind == "grid" and any(not isinstance(v, list) for v in axes.values()):
     raise ConfigError(f"{path}: a grid needs value lists; ranges like loguniform(a, b) need "
                       f'SWEEP_KIND = "random"')

@@ -2,8 +2,9 @@
 
 One row per run of SWEEP_DIR/sweep.json (plus any other run directory found there): its bindings,
 status, last step, final train loss, final and best eval loss, median tokens/s, the final value of
-every other metric an evaluation wrote to metrics.jsonl (``kind`` "eval" -> its key, e.g.
-``passkey_accuracy``; another kind K -> ``K_<key>``), and the error of a failed run. Rows are
+every other metric an evaluation wrote to metrics.jsonl (``kind`` "eval" -> its key; another kind
+K -> ``K_<key>``), ``passkey_accuracy`` (the mean of RUN_DIR/eval/passkey.json, written by
+``python -m infini_jax.eval_passkey --checkpoint=RUN_DIR``), and the error of a failed run. Rows are
 sorted by ``sort_by``: ascending, except for metrics named like accuracies, scores or tokens/s.
 The loss curves come from each run's TensorBoard logs (``train/loss``, ``eval/eval_loss``), or from
 metrics.jsonl where there are none.
@@ -112,11 +113,24 @@ def collect(sweep_dir: str) -> tuple:
         for key, value in r.items():
           if key not in ("step", "kind", "eval_loss") and isinstance(value, (int, float)):
             row[key if kind == "eval" else f"{kind}_{key}"] = value
+    row.update(_passkey(run_dir))
     if row["status"] == "failed":
       row["error"] = status.get("error") or next(
           (r.get("error") for r in reversed(records) if r.get("event") == "failed"), "")
     rows.append(row)
   return rows, meta.get("bindings", [])
+
+
+def _passkey(run_dir: str) -> dict:
+  """passkey_accuracy: the mean over the cells of eval/passkey.json (python -m
+  infini_jax.eval_passkey --checkpoint=RUN_DIR writes it), if there is one."""
+  try:
+    with open(os.path.join(run_dir, "eval", "passkey.json")) as f:
+      cells = json.load(f)["accuracy"]
+    flat = [float(v) for row in cells for v in (row if isinstance(row, list) else [row])]
+    return {"passkey_accuracy": sum(flat) / len(flat)} if flat else {}
+  except (OSError, ValueError, KeyError, TypeError):
+    return {}
 
 
 def sort_rows(rows: list, sort_by: str) -> list:

@@ -111,6 +111,16 @@ def test_a_bad_third_run_stops_the_sweep_before_anything_runs(tmp_path, third, m
   assert not os.path.exists(tmp_path / "sw")
 
 
+@pytest.mark.parametrize("sweep_file, base", [("tiny_lr_x_warmup.gin", "tiny.gin"),
+                                              ("gate_lr_x_init.gin", "passkey_tiny.gin")])
+def test_shipped_sweeps_check_out(sweep_file, base):
+  if not os.path.exists(os.path.join(ROOT, "configs", base)):
+    pytest.skip(f"configs/{base} is not there")
+  runs = sweep.plan(sweep.read_sweep_file(os.path.join(ROOT, "configs", "sweeps", sweep_file)))
+  _, steps = sweep.validate(runs, [os.path.join(ROOT, "configs", base)], [], [], "/tmp/unused")
+  assert len(runs) in (6, 9) and len(set(r.name for r in runs)) == len(runs) and all(steps)
+
+
 # ---------------------------------------------------------------------------------------------
 # Dry runs
 
@@ -215,7 +225,8 @@ def test_grid_interrupted_after_two_runs_resumes_with_the_other_two(tmp_path):
 def test_a_failed_run_is_recorded_and_the_others_finish(tmp_path, capfd):
   sw = str(tmp_path / "sw")
   # An infinite learning rate passes every check and makes the loss NaN at step 2.
-  spec = write(tmp_path / "s.gin", 'SWEEP_RUNS = [{"LEARNING_RATE": 1e999}, {"LEARNING_RATE": 1e-2}]')
+  spec = write(tmp_path / "s.gin",
+               'SWEEP_RUNS = [{"LEARNING_RATE": 1e999}, {"LEARNING_RATE": 1e-2}]')
   proc = run_sweep(f"--sweep_file={spec}", f"--sweep_dir={sw}", "--gin.TRAIN_STEPS=2",
                    "--parallel=2")
   assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
