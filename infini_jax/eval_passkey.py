@@ -6,8 +6,9 @@
 Own flags (the rest are gin flags, as for the trainer; without ``--gin_file`` the run's
 ``config.gin`` next to ``--checkpoint`` is read):
   --checkpoint=DIR     a run directory, its ``checkpoints/`` or one step (default MODEL_DIR's)
-  --lengths=2K,32K,1M  prompt lengths in tokens (K = 1024, M = 1024**2), or
-  --segments=8,32,512  prompt lengths in segments of the model
+  --lengths=2K,32K,1M  input lengths in tokens (K = 1024, M = 1024**2), or
+  --segments=8,32,512  input lengths in segments of the model; as in training, the prompt and
+                       its answer fill them, so the answer ends the last segment
   --depths=start,middle,end   or fractions in [0, 1] (where the key sentence sits in the filler)
   --samples=N          prompts per (length, depth) cell (default 10); their keys are evaluation
                        seeds, never seen in training
@@ -51,6 +52,14 @@ def parse_depth(text: str, flag: str) -> tuple[str, float]:
   return text, value
 
 
+def prompt(encode, length: int, depth: float, digits: int, seed: int, filler_text=None) -> dict:
+  """The prompt of ``length`` input tokens as in training (``passkey.training_example``): prompt
+  and answer together are ``length + 1`` tokens, so the answer's last token ends the ``length``
+  tokens the model reads, and the answer is predicted in the question's segment."""
+  answer = getattr(encode, "encode", encode)(" " + passkey.make_key(seed, digits))
+  return passkey.make_example(encode, length + 1 - len(answer), depth, digits, seed, filler_text)
+
+
 def evaluate(model, encode, lengths, depths, samples: int, digits: int, filler_text=None,
              batch_size: int = 16, chunk_segments: int = 16) -> dict:
   """Accuracy per (length, depth) cell, the cells' details and every prompt's outcome.
@@ -67,16 +76,22 @@ def evaluate(model, encode, lengths, depths, samples: int, digits: int, filler_t
     for di, (name, depth) in enumerate(depths):
       for i in range(samples):
         seed = passkey.example_seed("validation", (li * len(depths) + di) * samples + i)
-        prompts.append((di, passkey.make_example(encode, length, depth, digits, seed,
-                                                 filler_text)))
-    outcomes = []
-    for b in range(0, len(prompts), batch_size):
-      group = [ex for _, ex in prompts[b:b + batch_size]]
+        prompts.append((di, prompt(encode, length, depth, digits, seed, filler_text)))
+    outcomes = [None] * len(prompts)
+    # Batches of prompts of one length (answers of another vocabulary may differ in tokens).
+    by_size = {}
+    for i, (_, ex) in enumerate(prompts):
+      by_size.setdefault(len(ex["tokens"]), []).append(i)
+    batches = [same[b:b + batch_size] for same in by_size.values()
+               for b in range(0, len(same), batch_size)]
+    for batch in batches:
+      group = [prompts[i][1] for i in batch]
       state, logits = evaluation.stream_prefill(
           model, np.stack([ex["tokens"] for ex in group]), chunk_segments)
       answers = np.stack([ex["answer"] for ex in group])
       predicted, nll = evaluation.score_continuation(model, state, logits, answers)
-      outcomes += list(zip(predicted, nll, answers))
+      for i, p, l, a in zip(batch, predicted, nll, answers):
+        outcomes[i] = (p, l, a)
     seconds = time.perf_counter() - started
     for di, (name, depth) in enumerate(depths):
       rows = [(ex, out) for (d, ex), out in zip(prompts, outcomes) if d == di]
