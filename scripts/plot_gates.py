@@ -116,15 +116,16 @@ def main(argv=None) -> dict:
   written = {}
   directory = evaluation.checkpoint_dir(checkpoint_flag, model_dir)
   gates, at_step = restore_gates(bound["model"], directory)
-  written["heat_map"] = os.path.join(out, "gates.png")
-  plot_heat_map(gates, written["heat_map"], f"gates sigmoid(beta) at step {at_step}\n{directory}")
+  written["heat_map_png"] = os.path.join(out, "gates.png")
+  plot_heat_map(gates, written["heat_map_png"],
+                f"gates sigmoid(beta) at step {at_step}\n{directory}")
   print(f"sigmoid(beta) at step {at_step} (rows: layers, columns: heads)")
   print("\n".join(" ".join(f"{g:.2f}" for g in row) for row in gates))
   logdir = evaluation.last(own, "logdir") or os.path.join(model_dir, "tensorboard")
   history = read_gate_history(logdir) if os.path.isdir(logdir) else {}
   if history:
-    written["history"] = os.path.join(out, "gates_over_training.png")
-    plot_history(history, written["history"], f"gates over training ({logdir})")
+    written["history_png"] = os.path.join(out, "gates_over_training.png")
+    plot_history(history, written["history_png"], f"gates over training ({logdir})")
   else:
     print(f"no gate scalars under {logdir}; only the heat map is drawn")
   print("wrote " + " and ".join(written.values()), flush=True)
