@@ -19,8 +19,10 @@ Three models of the same size (``--layers``, ``--d_model``, ...):
 Memory, two ways. "compiled": ``memory_analysis()`` of the jitted function (arguments + outputs +
 temporaries - aliased); for the streaming loop that is the chunk function's, the same at every
 length. "RSS": each measurement runs in its own process, which resets the kernel's high-water mark
-(``/proc/self/clear_refs``) after compiling and setting up, and reports how far resident memory
-rose above that point while the measured function ran. Next to training memory the script prints
+(``/proc/self/clear_refs``) after compiling and setting up, and reports the high-water mark
+reached while the measured function ran ("RSS peak": the whole process, JAX runtime, parameters
+and compiled programs included) and how far it rose above the resident size at the reset
+("RSS grow"). Next to training memory the script prints
 what should grow with length: the carry the segment scan saves for the backward pass (memory state
 x segments) and the batch itself (inputs, targets, mask: 12 bytes a token).
 """
@@ -88,6 +90,10 @@ class _RssWatch:
 
   def growth_bytes(self):
     return None if self.base is None else 1024 * (_status_kib("VmHWM") - self.base)
+
+  def peak_bytes(self):
+    """The process's resident high-water mark since ``start()`` (itself included)."""
+    return None if self.base is None else 1024 * _status_kib("VmHWM")
 
 
 def _peak(compiled):
@@ -178,7 +184,7 @@ def measure(args, model_name: str, mode: str, length: int) -> dict:
     rss.start()
     seconds = _timed(lambda: jax.block_until_ready(compiled(train_params, batch)))
   row.update(status="ok", seconds=seconds, us_per_token=1e6 * seconds / length,
-             rss_growth_bytes=rss.growth_bytes())
+             rss_growth_bytes=rss.growth_bytes(), rss_peak_bytes=rss.peak_bytes())
   return row
 
 
@@ -207,16 +213,17 @@ def mib(b) -> str:
 def print_table(rows, header: bool = False):
   if header:
     print(f"{'mode':>9} {'model':>6} {'length':>6} {'segs':>5} {'us/token':>9} {'compiled':>9} "
-          f"{'x 1st':>6} {'RSS grow':>9} {'carry':>9} {'batch':>9}  status")
+          f"{'x 1st':>6} {'RSS peak':>9} {'RSS grow':>9} {'carry':>9} {'batch':>9}  status")
     print(f"{'':>9} {'':>6} {'':>6} {'':>5} {'':>9} {'MiB':>9} {'':>6} {'MiB':>9} {'MiB':>9} "
-          f"{'MiB':>9}")
+          f"{'MiB':>9} {'MiB':>9}")
   for row in rows:
     ok = row.get("status") == "ok"
     us = f"{row['us_per_token']:9.2f}" if ok else f"{'-':>9}"
     ratio = f"{row['ratio_to_first']:6.3f}" if row.get("ratio_to_first") else f"{'-':>6}"
     print(f"{row['mode']:>9} {row['model']:>6} {short(row['length']):>6} "
           f"{row.get('segments', '-'):>5} {us} {mib(row.get('compiled_bytes'))} {ratio} "
-          f"{mib(row.get('rss_growth_bytes'))} {mib(row.get('carry_bytes'))} "
+          f"{mib(row.get('rss_peak_bytes'))} {mib(row.get('rss_growth_bytes'))} "
+          f"{mib(row.get('carry_bytes'))} "
           f"{mib(row.get('batch_bytes'))}  {row['status']}", flush=True)
 
 
@@ -289,7 +296,8 @@ def main(argv=None):
         f"{args.d_model}, heads {args.heads}/{args.kv_heads}, mlp {args.mlp_dim}, vocab "
         f"{args.vocab}, {args.dtype}, batch 1")
   print("compiled: memory_analysis peak; x 1st: compiled / the same model's at the shortest "
-        "length; RSS grow: resident growth while running; carry: memory state x segments")
+        "length; RSS peak: the measuring process's resident high-water mark while running; RSS grow: "
+        "its rise during the run; carry: memory state x segments")
   rows = []
   first_row = True
   for mode in modes:
