@@ -16,7 +16,8 @@ Own flags (the rest are gin flags, as for the trainer; without ``--gin_file`` th
   --filler_file=F      a text file tiled as filler instead of the paper's sentences
   --batch_size=N       prompts streamed together (default 16)
   --chunk_segments=N   segments per prefill call (default 16; any length uses one program)
-  --out=DIR            where passkey.json and passkey.png go (default MODEL_DIR/eval)
+  --out=DIR            where passkey.json and passkey.png go (default RUN_DIR/eval, next to
+                       the run's checkpoints/)
 
 A prompt is streamed through ``decode.prefill`` in whole-segment chunks, so a 1M-token prompt
 needs no more memory than a short one; its answer (the key's tokens) is then teacher-forced
@@ -180,7 +181,7 @@ def main(argv=None) -> dict:
   if "filler_file" in own:
     with open(own["filler_file"][-1], encoding="utf-8") as f:
       filler_text = f.read()
-  out = evaluation.last(own, "out") or os.path.join(loaded.bound["model_dir"], "eval")
+  out = evaluation.last(own, "out") or evaluation.default_out(loaded.checkpoint)
   encode = evaluation.encoder(data_cfg)
   try:
     result = evaluate(model, encode, lengths, depths, ints["samples"], ints["digits"],

@@ -18,7 +18,7 @@ Own flags (the rest are gin flags, as for the trainer):
   --baseline_gin_file=F, --baseline_gin.NAME=VALUE   its own gin flags (default: the run's
                               config.gin next to --baseline_checkpoint, else the main gin files);
                               only its model and checkpoint are used, the data are the main run's
-  --out=DIR                   where ppl.json goes (default MODEL_DIR/eval)
+  --out=DIR                   where ppl.json goes (default RUN_DIR/eval, next to checkpoints/)
 """
 
 import dataclasses
@@ -132,7 +132,7 @@ def main(argv=None) -> dict:
   count = lambda name, default: (evaluation.parse_count(own[name][-1], f"--{name}")
                                  if name in own else default)
   data_cfg = held_out_data(loaded.bound["data"], count("segments", 32), count("batch_size", None))
-  out = evaluation.last(own, "out") or os.path.join(loaded.bound["model_dir"], "eval")
+  out = evaluation.last(own, "out") or evaluation.default_out(loaded.checkpoint)
   runs = [loaded]
   baseline = _baseline(rest, own, main_files)
   if baseline is not None:

@@ -121,6 +121,14 @@ def checkpoint_dir(path: str | None, model_dir: str | None) -> str:
   return path
 
 
+def default_out(checkpoint_directory: str) -> str:
+  """``RUN_DIR/eval`` of the run that owns a checkpoints directory (or one of its steps)."""
+  path = os.path.abspath(checkpoint_directory)
+  if os.path.basename(path).isdigit():
+    path = os.path.dirname(path)
+  return os.path.join(os.path.dirname(path), "eval")
+
+
 # ----------------------------------------------------------------------------- models
 
 

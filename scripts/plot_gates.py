@@ -7,8 +7,9 @@ Own flags (the rest are gin flags, as for the trainer; without ``--gin_file`` th
 ``config.gin`` next to ``--checkpoint`` is read):
   --checkpoint=DIR  a run directory, its checkpoints/ or one step (default MODEL_DIR's)
   --logdir=DIR      the run's TensorBoard logs, scalars gates/layer_L/head_H
-                    (default MODEL_DIR/tensorboard; skipped if absent)
-  --out=DIR         where gates.png and gates_over_training.png go (default MODEL_DIR/eval)
+                    (default RUN_DIR/tensorboard; skipped if absent)
+  --out=DIR         where gates.png and gates_over_training.png go (default RUN_DIR/eval, next
+                    to the run's checkpoints/)
 
 A gate near 1 reads only the memory, near 0 only the local attention, near 0.5 mixes both.
 """
@@ -111,17 +112,18 @@ def main(argv=None) -> dict:
   checkpoint_flag = evaluation.last(own, "checkpoint")
   bound = evaluation.parse_gin(rest, checkpoint_flag)
   model_dir = bound.get("model_dir") or ""
-  out = evaluation.last(own, "out") or os.path.join(model_dir, "eval")
+  directory = evaluation.checkpoint_dir(checkpoint_flag, model_dir)
+  out = evaluation.last(own, "out") or evaluation.default_out(directory)
   os.makedirs(out, exist_ok=True)
   written = {}
-  directory = evaluation.checkpoint_dir(checkpoint_flag, model_dir)
   gates, at_step = restore_gates(bound["model"], directory)
   written["heat_map_png"] = os.path.join(out, "gates.png")
   plot_heat_map(gates, written["heat_map_png"],
                 f"gates sigmoid(beta) at step {at_step}\n{directory}")
   print(f"sigmoid(beta) at step {at_step} (rows: layers, columns: heads)")
   print("\n".join(" ".join(f"{g:.2f}" for g in row) for row in gates))
-  logdir = evaluation.last(own, "logdir") or os.path.join(model_dir, "tensorboard")
+  run_dir = os.path.dirname(os.path.abspath(evaluation.default_out(directory)))
+  logdir = evaluation.last(own, "logdir") or os.path.join(run_dir, "tensorboard")
   history = read_gate_history(logdir) if os.path.isdir(logdir) else {}
   if history:
     written["history_png"] = os.path.join(out, "gates_over_training.png")
