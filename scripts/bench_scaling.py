@@ -22,7 +22,8 @@ length. "RSS": each measurement runs in its own process, which resets the kernel
 (``/proc/self/clear_refs``) after compiling and setting up, and reports the high-water mark
 reached while the measured function ran ("RSS peak": the whole process, JAX runtime, parameters
 and compiled programs included) and how far it rose above the resident size at the reset
-("RSS grow"). Next to training memory the script prints
+("RSS grow"). On an accelerator, where RSS says little, the JSON also has the device allocator's
+peak (``memory_stats()["peak_bytes_in_use"]``, this process being the only user). Next to training memory the script prints
 what should grow with length: the carry the segment scan saves for the backward pass (memory state
 x segments) and the batch itself (inputs, targets, mask: 12 bytes a token).
 """
@@ -183,8 +184,10 @@ def measure(args, model_name: str, mode: str, length: int) -> dict:
       return {**row, "status": "does not fit"}
     rss.start()
     seconds = _timed(lambda: jax.block_until_ready(compiled(train_params, batch)))
+  stats = jax.devices()[0].memory_stats() or {}      # None on CPU; on GPU/TPU the allocator's peak
   row.update(status="ok", seconds=seconds, us_per_token=1e6 * seconds / length,
-             rss_growth_bytes=rss.growth_bytes(), rss_peak_bytes=rss.peak_bytes())
+             rss_growth_bytes=rss.growth_bytes(), rss_peak_bytes=rss.peak_bytes(),
+             device_peak_bytes=stats.get("peak_bytes_in_use"))
   return row
 
 

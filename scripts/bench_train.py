@@ -143,7 +143,7 @@ def main(argv=None):
   p.add_argument("--segment_len", type=int)
   p.add_argument("--remat", choices=("segment", "segment_and_layer", "none"))
   p.add_argument("--attention_impl", choices=("xla", "cudnn", "reference"),
-                 help="default: cudnn on GPU, else the config's")
+                 help="default: cudnn on GPU in bfloat16, else the config's")
   p.add_argument("--memories", default="infini,none", help="which models, in order")
   p.add_argument("--steps", type=int, default=5, help="timed steps")
   p.add_argument("--warmup", type=int, default=2, help="untimed steps after compiling")
@@ -166,7 +166,8 @@ def main(argv=None):
   batch, seq_len = args.batch or batch, args.seq_len or seq_len
   overrides = {k: getattr(args, k) for k in ("segment_len", "remat", "attention_impl")
                if getattr(args, k)}
-  if "attention_impl" not in overrides and jax.default_backend() == "gpu":
+  if ("attention_impl" not in overrides and jax.default_backend() == "gpu"
+      and cfg.dtype == "bfloat16"):                  # cuDNN flash attention needs bf16/fp16
     overrides["attention_impl"] = "cudnn"
   cfg = dataclasses.replace(cfg, **overrides)
   device = jax.devices()[0].device_kind
