@@ -53,9 +53,11 @@ def from_gin(files, paths, bindings):
   from infini_jax import cli   # imports gin
   cli.parse(files, paths, bindings)
   bound = cli.bindings_of("train")
-  data, mesh_cfg = bound["data"], bound["mesh"]
+  data, mesh_cfg = bound["data"], bound.get("mesh")
+  mesh, rules = ((mesh_cfg.build(), mesh_cfg.rules) if mesh_cfg is not None
+                 else (sharding.make_mesh(), sharding.DEFAULT_RULES))   # train()'s default
   return (bound["model"], data.batch_size, data.seq_len,
-          bound.get("optimizer") or optim.OptimizerConfig(), mesh_cfg.build(), mesh_cfg.rules)
+          bound.get("optimizer") or optim.OptimizerConfig(), mesh, rules)
 
 
 def bench(cfg: ModelConfig, opt_cfg, mesh, rules, batch: int, seq_len: int, args) -> dict:
