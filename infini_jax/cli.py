@@ -31,6 +31,12 @@ def register() -> None:
   """Registers the configurables under short names: ModelConfig, DataConfig, train, ..."""
   if _CONFIGURABLES:
     return
+  # gin also looks for an included 'a/b.gin' as a resource of a Python package 'a'; a folder
+  # named like an include's folder in the working directory (runs/, models/) then crashes it.
+  # Includes here resolve through the search paths only.
+  from gin import resource_reader
+  gin.config._FILE_READERS[:] = [r for r in gin.config._FILE_READERS
+                                 if r[0] is not resource_reader.system_path_reader]
   from infini_jax import inputs, optim, sharding, train
   from infini_jax.data.config import DataConfig
   from infini_jax.model import ModelConfig
@@ -125,9 +131,6 @@ def setup_logging() -> None:
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
                       stream=sys.stdout)
   logging.getLogger("absl").setLevel(logging.WARNING)
-  for handler in logging.getLogger().handlers:
-    # gin logs every place it looks for an included file, as errors, before it finds it.
-    handler.addFilter(lambda record: not record.pathname.endswith("resource_reader.py"))
 
 
 def run(entry: str, argv=None) -> None:

@@ -14,17 +14,19 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = os.path.join(ROOT, "tests", "configs", "smoke.gin")
+ENV = {"PYTHONPATH": ROOT}  # runs from other working directories import this checkout
 
 
-def run_train(model_dir, *bindings, devices=1, env=None, entry="train", check=True, wait=True):
+def run_train(model_dir, *bindings, devices=1, env=None, entry="train", check=True, wait=True,
+              cwd=ROOT):
   cmd = [sys.executable, "-m", f"infini_jax.{entry}", f"--gin_file={SMOKE}",
          f"--gin.MODEL_DIR='{model_dir}'", *bindings]
   full_env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
-              "JAX_PLATFORMS": "cpu", **(env or {})}
+              "JAX_PLATFORMS": "cpu", **ENV, **(env or {})}
   if not wait:
-    return subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=subprocess.PIPE,
+    return subprocess.Popen(cmd, cwd=cwd, env=full_env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
-  proc = subprocess.run(cmd, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=600)
+  proc = subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=600)
   if check and proc.returncode != 0:
     raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
   return proc
@@ -55,6 +57,14 @@ def test_bad_flags_stop_at_once_naming_the_flag(tmp_path, flag, message):
   assert proc.returncode != 0
   assert message in proc.stderr, proc.stderr[-2000:]
   assert not os.path.exists(tmp_path / "run" / "checkpoints")   # nothing started
+
+
+def test_folders_named_like_config_folders_in_the_working_directory(tmp_path):
+  # A run directory "runs/" (or "models/") beside the user must not shadow configs/runs/.
+  for name in ("runs", "models", "meshes"):
+    (tmp_path / name).mkdir()
+  run_train(tmp_path / "runs" / "x", "--gin.TRAIN_STEPS=1", cwd=tmp_path)
+  assert sorted(losses(tmp_path / "runs" / "x")) == [1]
 
 
 def test_every_shipped_config_parses_and_builds_at_full_size():
