@@ -45,9 +45,6 @@ class OptimizerConfig:
     weight_decay: decoupled (AdamW-style: ``lr * weight_decay * param``), on every leaf that
       matches none of ``no_decay_patterns``.
     clip_norm: global-norm clipping of the gradients; None turns it off.
-    grad_accum_steps: k > 1 wraps the chain in ``optax.MultiSteps``: k calls to ``update``
-      accumulate the mean gradient and the k-th applies it. The trainer's own
-      ``train.grad_accum_steps`` (micro-batches inside one step) is usually what you want instead.
     gate_lr_multiplier: the gates' learning rate is ``learning_rate * gate_lr_multiplier``.
     gate_pattern: a leaf whose path matches this regex is a gate.
     no_decay_patterns: leaves whose path matches any of these regexes get no weight decay.
@@ -63,7 +60,6 @@ class OptimizerConfig:
   eps: float = 1e-8
   weight_decay: float = 0.1
   clip_norm: float | None = 1.0
-  grad_accum_steps: int = 1
   gate_lr_multiplier: float = 100.0
   gate_pattern: str = "beta"
   no_decay_patterns: tuple[str, ...] = ("norm", "scale", "bias", "beta")
@@ -88,8 +84,6 @@ class OptimizerConfig:
     _check("weight_decay", self.weight_decay, self.weight_decay >= 0, "must be >= 0")
     _check("clip_norm", self.clip_norm, self.clip_norm is None or self.clip_norm > 0,
            "must be > 0 or None (no clipping)")
-    _check("grad_accum_steps", self.grad_accum_steps,
-           _is_int(self.grad_accum_steps) and self.grad_accum_steps >= 1, "must be an integer >= 1")
     _check("gate_lr_multiplier", self.gate_lr_multiplier, self.gate_lr_multiplier > 0,
            "must be > 0")
     _check("no_decay_patterns", self.no_decay_patterns, isinstance(self.no_decay_patterns, tuple),
@@ -146,10 +140,7 @@ def make_optimizer(cfg: OptimizerConfig, params=None) -> optax.GradientTransform
   parts.append(optax.scale_by_learning_rate(make_schedule(cfg)))
   if cfg.gate_lr_multiplier != 1.0:
     parts.append(optax.masked(optax.scale(cfg.gate_lr_multiplier), gates))
-  tx = optax.chain(*parts)
-  if cfg.grad_accum_steps > 1:
-    tx = optax.MultiSteps(tx, every_k_schedule=cfg.grad_accum_steps).gradient_transformation()
-  return tx
+  return optax.chain(*parts)
 
 
 def gate_mask(params, pattern: str):
