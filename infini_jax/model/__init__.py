@@ -2,7 +2,7 @@
 
 from infini_jax.model.config import ModelConfig
 from infini_jax.model.transformer import (InfiniTransformer, merge_segments, scan_segments,
-                                          split_segments, stack_layers, unstack_layers)
+                                          segment, stack_layers, unstack_layers)
 
-__all__ = ["ModelConfig", "InfiniTransformer", "scan_segments", "split_segments", "merge_segments",
+__all__ = ["ModelConfig", "InfiniTransformer", "scan_segments", "segment", "merge_segments",
            "stack_layers", "unstack_layers"]

@@ -119,14 +119,16 @@ def unstack_layers(memory: mem.Memory | None) -> LayerMemories:
   return tuple(mem.Memory(M, z) for M, z in zip(memory.M, memory.z))
 
 
-def split_segments(x: jax.Array, segment_len: int) -> jax.Array:
-  """``[batch, segments * segment_len, ...]`` -> ``[segments, batch, segment_len, ...]``."""
-  b, t = x.shape[:2]
-  return x.reshape(b, t // segment_len, segment_len, *x.shape[2:]).swapaxes(0, 1)
+def segment(x: jax.Array, index: jax.Array, segment_len: int) -> jax.Array:
+  """Segment ``index`` of ``x [batch, segments * segment_len, ...]`` -> ``[batch, segment_len, ...]``.
+
+  Sliced inside the scan, so the batch is never copied into segment-major order.
+  """
+  return jax.lax.dynamic_slice_in_dim(x, index * segment_len, segment_len, axis=1)
 
 
 def merge_segments(x: jax.Array) -> jax.Array:
-  """Inverse of :func:`split_segments`."""
+  """Per-segment outputs ``[segments, batch, segment_len, ...]`` -> ``[batch, seq, ...]``."""
   s, b, n = x.shape[:3]
   return x.swapaxes(0, 1).reshape(b, s * n, *x.shape[3:])
 
@@ -156,8 +158,9 @@ def scan_segments(model: InfiniTransformer, tokens: jax.Array, memory: LayerMemo
     memory = model.init_memory(batch)
   graphdef, state = nnx.split(model)
 
-  def segment_step(state, carry, xs):
-    segment_tokens, segment_extras = xs
+  def segment_step(state, carry, index):
+    segment_tokens, segment_extras = jax.tree.map(
+        lambda x: segment(x, index, cfg.segment_len), (tokens, extras))
     model = nnx.merge(graphdef, state)
     h = model.embed(segment_tokens, cfg.compute_dtype)
     h, carry = model.run_layers(constrain(h, ("batch", "seq", "embed")), carry)
@@ -165,6 +168,6 @@ def scan_segments(model: InfiniTransformer, tokens: jax.Array, memory: LayerMemo
 
   if cfg.remat in _REMAT_SEGMENT:
     segment_step = jax.checkpoint(segment_step, prevent_cse=False)
-  xs = jax.tree.map(lambda x: split_segments(x, cfg.segment_len), (tokens, extras))
-  carry, outputs = jax.lax.scan(lambda c, x: segment_step(state, c, x), stack_layers(memory), xs)
+  carry, outputs = jax.lax.scan(lambda c, i: segment_step(state, c, i), stack_layers(memory),
+                                jnp.arange(seq_len // cfg.segment_len))
   return outputs, unstack_layers(carry)
