@@ -57,6 +57,13 @@ def test_ids_equal_tokenizers_in_python(tokenizer_dir):
   assert with_bos.encode(TEXTS[0])[0] == vocab.bos_id
 
 
+def test_data_config_names_it_as_hf_kind(tokenizer_dir):
+  from infini_jax.data import get_vocabulary
+  vocab = get_vocabulary(f"hf:{tokenizer_dir / 'tokenizer.json'}")
+  assert vocab.encode(TEXTS[0]) == reference(tokenizer_dir).encode(
+      TEXTS[0], add_special_tokens=False).ids
+
+
 def test_ids_equal_tokenizers_in_tf_and_inside_tf_data(tokenizer_dir):
   vocab = HfTokenizerVocabulary(tokenizer_dir)
   tok = reference(tokenizer_dir)

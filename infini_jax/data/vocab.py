@@ -35,9 +35,19 @@ def _sentencepiece(path: str) -> seqio.Vocabulary:
   return vocab
 
 
+def _hf(path: str) -> seqio.Vocabulary:
+  """A Hugging Face ``tokenizer.json`` (or its folder), e.g. Llama 3's byte-level BPE.
+
+  Its id 0 doubles as the pipeline's pad id (masked out of the loss), as for every kind here.
+  """
+  from infini_jax.hf.tokenizer import HfTokenizerVocabulary
+  return HfTokenizerVocabulary(path)
+
+
 _KINDS: dict[str, Callable[[str], seqio.Vocabulary]] = {
     "byte": _byte,
     "sentencepiece": _sentencepiece,
+    "hf": _hf,
 }
 
 
@@ -47,5 +57,6 @@ def get_vocabulary(spec: str = "byte") -> seqio.Vocabulary:
   kind, _, arg = spec.partition(":")
   if kind not in _KINDS:
     raise ValueError(
-        f"unknown vocabulary {spec!r}; use one of: 'byte', 'sentencepiece:/path/model.model'")
+        f"unknown vocabulary {spec!r}; use one of: 'byte', 'sentencepiece:/path/model.model', "
+        "'hf:/path/tokenizer.json'")
   return _KINDS[kind](arg)
