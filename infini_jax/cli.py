@@ -42,9 +42,15 @@ def register() -> None:
   from infini_jax.model import ModelConfig
   for fn, name in ((ModelConfig, "ModelConfig"), (optim.OptimizerConfig, "OptimizerConfig"),
                    (DataConfig, "DataConfig"), (inputs.SyntheticData, "SyntheticData"),
-                   (train.MeshConfig, "MeshConfig"), (train.train, "train")):
+                   (train.MeshConfig, "MeshConfig"), (train.train, "train"),
+                   (hf_path, "hf_path")):
     _CONFIGURABLES[name] = gin.external_configurable(fn, name)
   gin.constant("DEFAULT_RULES", sharding.DEFAULT_RULES)
+
+
+def hf_path(directory: str) -> str:
+  """``"hf:" + directory``: a Hugging Face folder for ``train.init_from`` and the vocabulary."""
+  return f"hf:{directory}"
 
 
 def split_flags(argv):

@@ -72,17 +72,25 @@ def test_every_shipped_config_parses_and_builds_at_full_size():
   import jax
   from infini_jax import cli
   from infini_jax.step import abstract_model
-  expected = {"tiny.gin": None, "paper_lm.gin": None,
-              "1b.gin": 1_235_814_400 + 16 * 32,      # Llama-3.2-1B + one gate per head and layer
-              "8b.gin": 8_030_261_248 + 32 * 32}      # Llama-3-8B  + gates
-  for name, want in expected.items():
-    cli.parse([os.path.join("configs", name)], [], [])
+  llama1b = 1_235_814_400 + 16 * 32      # Llama-3.2-1B + one gate per head and layer
+  llama8b = 8_030_261_248 + 32 * 32      # Llama-3-8B + gates
+  expected = {"1b.gin": llama1b, "8b.gin": llama8b, "continual/llama3_2_1b.gin": llama1b,
+              "continual/llama3_8b.gin": llama8b}
+  shipped = sorted(glob.glob("*.gin", root_dir=os.path.join(ROOT, "configs"))
+                   + glob.glob("continual/*.gin", root_dir=os.path.join(ROOT, "configs")))
+  assert set(expected) <= set(shipped) and len(shipped) >= 8, shipped
+  for name in shipped:
+    want = expected.get(name)
+    cli.parse([os.path.join(ROOT, "configs", name)], [], [])
     bound = cli.bindings_of("train")
     graphdef, abstract = abstract_model(bound["model"])
     count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract))
     assert bound["data"].seq_len % bound["model"].segment_len == 0, name
     if want is not None:
       assert count == want, f"{name}: {count:,} parameters, expected {want:,}"
+    if name.startswith("continual/"):
+      assert bound["init_from"].startswith("hf:/models/") and bound["init_from"] == bound["data"].vocabulary
+      assert (bound["model"].rope_scaling is None) == ("8b" in name), name
   gin.clear_config()
 
 
