@@ -38,13 +38,8 @@ DEFAULT_PASSKEY_RATE = 0.05
 # Sources
 
 
-class _BuilderSource(seqio.DataSource):
-  """Documents of a TFDS builder made on first use; a host's shard is an even split of a split."""
-
-  def __init__(self, make_builder, splits=("train", "validation")):
-    self._make_builder = make_builder
-    self._builder = None
-    super().__init__(splits=splits, caching_permitted=False)
+class _SplitShardedSource(seqio.DataSource):
+  """A source that shards a split itself (any number of hosts), not by files."""
 
   @property
   def supports_arbitrary_sharding(self) -> bool:
@@ -52,6 +47,15 @@ class _BuilderSource(seqio.DataSource):
 
   def list_shards(self, split):
     return [split]
+
+
+class _BuilderSource(_SplitShardedSource):
+  """Documents of a TFDS builder made on first use; a host's shard is an even split of a split."""
+
+  def __init__(self, make_builder, splits=("train", "validation")):
+    self._make_builder = make_builder
+    self._builder = None
+    super().__init__(splits=splits, caching_permitted=False)
 
   def num_input_examples(self, split):
     return None
@@ -68,20 +72,13 @@ class _BuilderSource(seqio.DataSource):
     return ds.shuffle(DOC_SHUFFLE_BUFFER, seed=seed) if shuffle else ds
 
 
-class _PasskeySource(seqio.DataSource):
+class _PasskeySource(_SplitShardedSource):
   """Passkey examples made from their seeds: train is endless, validation a fixed set."""
 
   def __init__(self, make_example, num_validation=PASSKEY_VALIDATION_EXAMPLES):
     self._make_example = make_example
     super().__init__(splits=("train", "validation"), caching_permitted=False,
                      num_input_examples={"validation": num_validation})
-
-  @property
-  def supports_arbitrary_sharding(self) -> bool:
-    return True
-
-  def list_shards(self, split):
-    return [split]
 
   def num_input_examples(self, split):
     return self._num_input_examples.get(split)  # train: endless
