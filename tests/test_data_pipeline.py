@@ -163,6 +163,8 @@ def test_passkey_mixture(corpus_cfg):
     data.build_pipeline(dataclasses.replace(cfg, passkey_rate=0.0))
   with pytest.raises(ValueError, match="applies to '<corpus>_passkey' mixtures"):
     data.build_pipeline(dataclasses.replace(corpus_cfg, passkey_rate=0.1))
+  with pytest.raises(ValueError, match="not task 'passkey'; set DataConfig.passkey_rate=0$"):
+    data.build_pipeline(dataclasses.replace(cfg, task="passkey"))
 
 
 def test_bundled_corpus_default_task(tmp_path):

@@ -245,8 +245,10 @@ def task_name(cfg: DataConfig) -> str:
   name = cfg.task
   mixture_of = name[:-len("_passkey")] if name.endswith("_passkey") else None
   if cfg.passkey_rate and mixture_of not in corpus.CORPORA:
+    fix = (f"set task='{name}_passkey' or passkey_rate=0" if name in corpus.CORPORA
+           else "set DataConfig.passkey_rate=0")
     raise ValueError(f"passkey_rate {cfg.passkey_rate} applies to '<corpus>_passkey' mixtures, "
-                     f"not task {name!r}; set task='{name}_passkey' or passkey_rate=0")
+                     f"not task {name!r}; {fix}")
   if name in corpus.CORPORA:
     return _register_corpus_task(name, cfg)
   if name == "passkey":
