@@ -125,7 +125,7 @@ def param_shardings(abstract_params, mesh, rules):
 def batch_sharding(mesh, rules, global_batch: int) -> jax.sharding.NamedSharding:
   """Sharding of a ``[batch, seq]`` input batch: batch over the axes the rules give 'batch'."""
   return named_sharding(mesh, (global_batch, 1), ("batch", "seq"), rules,
-                        f"the global batch size")
+                        "the global batch size")
 
 
 def replicated(mesh) -> jax.sharding.NamedSharding:

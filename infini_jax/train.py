@@ -76,7 +76,7 @@ def train(*, model: ModelConfig, optimizer: optim.OptimizerConfig, data, model_d
       start, position = 0, 0
       state = fns.init(jax.random.key(seed))
       if init_from:
-        state = _continue_from(init_from, state, fns, model, device_mesh, mesh.rules)
+        state = _continue_from(init_from, state, fns, model)
     pipeline = make_pipeline(data, "train", model.vocab_size, position)
     progress = Progress(model_dir, steps, data.batch_size * data.seq_len,
                         (flops.train_flops_per_token(model, True),
@@ -146,7 +146,7 @@ def evaluate(fns: step.StepFns, state, data, vocab_size: int, batches: int,
   return scalars
 
 
-def _continue_from(init_from: str, state: dict, fns: step.StepFns, model_cfg, mesh, rules):
+def _continue_from(init_from: str, state: dict, fns: step.StepFns, model_cfg):
   """Replaces the fresh params by those of another run (or HF weights); the optimizer starts anew."""
   target = fns.abstract_state["params"]
   if init_from.startswith("hf:"):

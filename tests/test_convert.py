@@ -13,7 +13,6 @@ import subprocess
 import sys
 import textwrap
 
-import jax
 import jax.numpy as jnp
 import ml_dtypes
 import numpy as np

@@ -204,7 +204,7 @@ def test_continual_pretraining_at_another_length_adds_gates(tmp_path):
   assert "missing parameters blocks/attn/beta" in out
   assert sorted(losses(tmp_path / "long")) == [1, 2]
   # The continued run starts from the base run's weights, not from a fresh initialisation:
-  fresh = run_train(tmp_path / "fresh", "--gin.TRAIN_STEPS=2", "--gin.SEQ_LEN=128")
+  run_train(tmp_path / "fresh", "--gin.TRAIN_STEPS=2", "--gin.SEQ_LEN=128")
   assert losses(tmp_path / "long")[1] < losses(tmp_path / "fresh")[1]
 
 

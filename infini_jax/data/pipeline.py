@@ -7,7 +7,6 @@ re-reads and drops those k batches (deterministic given the seed), so its cost g
 
 from __future__ import annotations
 
-from typing import Optional
 
 import numpy as np
 import seqio
