@@ -56,7 +56,6 @@ def _words(x):
   return jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32)
 
 
-@jax.jit
 def _checksum(x):
   w = _words(x)
   # The global flat index, built from iotas so that no reshape moves data between devices.
@@ -70,11 +69,16 @@ def _checksum(x):
   return jnp.stack(lanes)
 
 
+# One program for the whole tree: dispatching a collective program per array let several run at
+# once, which can deadlock XLA:CPU's in-process collectives with several devices per process.
+_tree_checksums = jax.jit(lambda tree: jax.tree.map(_checksum, tree))
+
+
 def checksums(tree) -> dict:
   """``{path: 16-hex-digit checksum}`` for every array leaf; layout-independent (see module doc)."""
-  leaves = [(_path(p), _checksum(x)) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]]
+  paths = [_path(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
   out = {}
-  for path, lanes in leaves:  # dispatch everything first, then wait once per leaf
+  for path, lanes in zip(paths, jax.tree.leaves(_tree_checksums(tree))):
     a, b = np.asarray(lanes.addressable_data(0))
     out[path] = f"{int(a):08x}{int(b):08x}"
   return out
@@ -206,6 +210,9 @@ class Checkpointer:
     step = int(step)
     if (step % self.save_every and not force) or step in self._manager.all_steps():
       return False
+    # Wait for the computation that produced ``state``: the checksums run as another program,
+    # and overlapping collective programs can deadlock XLA:CPU with several devices per process.
+    jax.block_until_ready(state)
     meta = {"format": FORMAT, "step": step, "data_position": int(data_position),
             "arrays": _describe(state)}
     return self._manager.save(step, force=True, args=ocp.args.Composite(
