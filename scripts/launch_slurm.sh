@@ -2,6 +2,7 @@
 # Writes an sbatch script that runs a command (or, as a job array, one line of a file per task)
 # with one JAX process per node, and submits it. See usage() below, or run with -h.
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/shell_words.sh"
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 
@@ -38,38 +39,17 @@ Options:
   -h, --help            this message
 Example:
   scripts/launch_slurm.sh --nodes 2 --time 24:00:00 --partition gpu -- \
-    python -m infini_jax.train --gin_file=configs/8b.gin --gin_file=configs/meshes/h100_node.gin
+    python -m infini_jax.train --gin_file=configs/8b.gin --gin_file=configs/meshes/h100x8.gin
 EOF
 }
 
-die() { echo "launch_slurm.sh: $*" >&2; echo "Run scripts/launch_slurm.sh -h for usage." >&2; exit 2; }
 
-# A shell word as it must be typed: bare when safe, otherwise single-quoted (after the "=" of a
-# --flag=value).
-quote() {
-  local s=$1 flag=""
-  if [[ -n $s && $s =~ ^[A-Za-z0-9_@%+=:,./-]+$ ]]; then
-    printf '%s' "$s"
-    return
-  fi
-  if [[ $s =~ ^--[A-Za-z0-9_.-]+= ]]; then
-    flag=${BASH_REMATCH[0]}
-    s=${s#"$flag"}
-  fi
-  printf "%s'%s'" "$flag" "${s//\'/\'\\\'\'}"
-}
 
-line() {
-  local out="" word
-  for word in "$@"; do out+="${out:+ }$(quote "$word")"; done
-  printf '%s' "$out"
-}
 
 NODES="" TIME="" GPUS=8 PARTITION="" JOB_NAME=infini_jax COMMANDS_FILE="" ARRAY="" PORT=""
 LOGS=slurm_logs VENV=$ROOT/.venv DRY_RUN=0
 ENVS=() EXTRA=() COMMAND=()
 
-need_value() { [[ $# -ge 2 && -n $2 && $2 != --* ]] || die "$1 needs a value"; }
 while [[ $# -gt 0 ]]; do
   case $1 in
     -h|--help) usage; exit 0 ;;

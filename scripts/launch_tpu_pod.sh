@@ -2,6 +2,7 @@
 # Runs one command on every worker of a Cloud TPU VM slice and streams worker 0's log.
 # See usage() below, or run with -h.
 set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/shell_words.sh"
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 
@@ -42,34 +43,13 @@ Options:
 On the workers: DIR/launch.log (each worker's output), DIR/launch.pid, DIR/launch.exit.
 Example:
   scripts/launch_tpu_pod.sh --name infini-v5p --zone us-east5-a --accelerator v5p-64 -- \
-    python -m infini_jax.train --gin_file=configs/1b.gin --gin_file=configs/meshes/v5p_pod.gin \
+    python -m infini_jax.train --gin_file=configs/1b.gin --gin_file=configs/meshes/tpu_v5p_pod.gin \
     --gin.MODEL_DIR="'gs://my-bucket/runs/1b'"
 EOF
 }
 
-die() { echo "launch_tpu_pod.sh: $*" >&2; echo "Run scripts/launch_tpu_pod.sh -h for usage." >&2; exit 2; }
 
-# A shell word as it must be typed: bare when safe, otherwise single-quoted (after the "=" of a
-# --flag=value, so that printed commands read naturally).
-quote() {
-  local s=$1 flag=""
-  if [[ -n $s && $s =~ ^[A-Za-z0-9_@%+=:,./-]+$ ]]; then
-    printf '%s' "$s"
-    return
-  fi
-  if [[ $s =~ ^--[A-Za-z0-9_.-]+= ]]; then
-    flag=${BASH_REMATCH[0]}
-    s=${s#"$flag"}
-  fi
-  printf "%s'%s'" "$flag" "${s//\'/\'\\\'\'}"
-}
 
-# The command line of an argv, each word quoted as needed.
-line() {
-  local out="" word
-  for word in "$@"; do out+="${out:+ }$(quote "$word")"; done
-  printf '%s' "$out"
-}
 
 # Prints the command (--dry-run) or runs it.
 run() {
@@ -85,7 +65,6 @@ SPOT=0 REF="" REPO="" DIR=infini_jax PY=python3.11 PIP=default STOP=0 DRY_RUN=0
 ENVS=()
 COMMAND=()
 
-need_value() { [[ $# -ge 2 && -n $2 && $2 != --* ]] || die "$1 needs a value"; }
 while [[ $# -gt 0 ]]; do
   case $1 in
     -h|--help) usage; exit 0 ;;
