@@ -37,7 +37,6 @@ import jax
 import numpy as np
 
 from infini_jax.model.config import ModelConfig
-from infini_jax.sharding import logical_to_spec
 
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
@@ -322,27 +321,17 @@ def abstract_params(cfg: ModelConfig, mesh=None, rules=None) -> dict:
   """Pure dict of ``jax.ShapeDtypeStruct`` for ``cfg``'s parameters, sharded over ``mesh`` by
   their logical axes and ``rules`` (default rules), or on the first local device without a mesh."""
   from flax import nnx
-  from infini_jax.model import InfiniTransformer
-  model = nnx.eval_shape(lambda: InfiniTransformer(cfg, rngs=nnx.Rngs(0)))
-
-  def one(path, v):
-    if mesh is None:
-      sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    else:
-      names = v.get_metadata().get("logical_axes")
-      spec = logical_to_spec(names, rules)
-      for size, axes in zip(v.shape, spec):
-        n = int(np.prod([mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes or ())]))
-        if size % n:
-          raise ValueError(f"parameter {'/'.join(str(getattr(p, 'key', p)) for p in path)} "
-                           f"{v.shape} {names}: size {size} is not divisible by mesh axes {axes} "
-                           f"({n} devices); change the mesh or the rules")
-      sharding = jax.sharding.NamedSharding(mesh, spec)
-    return jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sharding)
-
-  tree = jax.tree_util.tree_map_with_path(one, nnx.state(model, nnx.Param),
-                                          is_leaf=lambda x: isinstance(x, nnx.Variable))
-  return nnx.to_pure_dict(tree)
+  from infini_jax import sharding
+  from infini_jax.step import abstract_model
+  _, abstract = abstract_model(cfg)
+  pure = nnx.to_pure_dict(abstract)
+  if mesh is None:
+    single = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    shardings = jax.tree.map(lambda _: single, pure)
+  else:
+    shardings = sharding.param_shardings(abstract, mesh, rules)
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                      pure, shardings)
 
 
 def _flat(tree: dict, prefix=()) -> dict:
