@@ -107,7 +107,7 @@ def build(cfg: ModelConfig, tx: optax.GradientTransformation, mesh, rules, globa
     new_state = {"params": optax.apply_updates(params, updates), "opt_state": opt_state,
                  "step": state["step"] + 1}
     metrics = {"loss": sums["nll"] / weight, "z_loss": sums["z"] / weight,
-               "tokens": sums["weight"], "grad_norm": optax.tree.norm(grads),
+               "loss_weight": sums["weight"], "grad_norm": optax.tree.norm(grads),
                "param_norm": optax.tree.norm(params)}
     if schedule is not None:
       metrics["learning_rate"] = schedule(state["step"])

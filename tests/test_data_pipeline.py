@@ -154,11 +154,17 @@ def test_passkey_task_trains_on_the_key_and_splits_use_their_own_seeds(tmp_path)
 
 def test_passkey_mixture(corpus_cfg):
   cfg = dataclasses.replace(corpus_cfg, task=corpus_cfg.task + "_passkey", seq_len=512,
-                            segment_len=64, passkey_segments=(4, 8), passkey_rate=0.5)
+                            segment_len=64, passkey_segments=(4, 8), passkey_rate=0.5,
+                            passkey_loss_weight=40.0)
   pipe = data.build_pipeline(cfg)
-  sums = np.concatenate([pipe.next_global(None)["loss_mask"].sum(1) for _ in range(6)])
-  passkeys = sums == cfg.passkey_digits + 1
-  assert 0 < passkeys.sum() < len(sums)
+  masks = np.concatenate([pipe.next_global(None)["loss_mask"] for _ in range(6)])
+  passkeys = masks.max(1) == 40.0   # answer tokens weigh passkey_loss_weight, text tokens 1
+  assert 0 < passkeys.sum() < len(masks)
+  np.testing.assert_array_equal((masks[passkeys] == 40.0).sum(1), cfg.passkey_digits + 1)
+  assert set(np.unique(masks[passkeys])) == {0.0, 40.0}
+  assert set(np.unique(masks[~passkeys])) <= {0.0, 1.0}
+  with pytest.raises(ValueError, match="passkey_loss_weight 0.0 must be positive"):
+    dataclasses.replace(cfg, passkey_loss_weight=0.0)
   with pytest.raises(ValueError, match="set passkey_rate in \\(0, 1\\)"):
     data.build_pipeline(dataclasses.replace(cfg, passkey_rate=0.0))
   with pytest.raises(ValueError, match="applies to '<corpus>_passkey' mixtures"):

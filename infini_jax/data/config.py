@@ -27,6 +27,10 @@ class DataConfig:
   passkey_segments: inclusive range of the lengths, in segments, of training passkey examples.
   passkey_digits: digits of the pass keys of training examples.
   passkey_filler: a text file whose text replaces the paper's filler sentences.
+  passkey_loss_weight: the loss weight of each answer token of a passkey example, relative to a
+    text token's 1. A passkey example has a few answer tokens against a text example's seq_len
+    targets, so in a mixture its share of the gradient is about digits / seq_len; a weight near
+    seq_len / (digits + 1) gives both kinds of example an equal share.
   seed, shuffle: shuffling of the train split (validation is never shuffled).
   """
 
@@ -43,6 +47,7 @@ class DataConfig:
   passkey_segments: tuple[int, int] = (4, 8)
   passkey_digits: int = 5
   passkey_filler: Optional[str] = None
+  passkey_loss_weight: float = 1.0
   seed: int = 0
   shuffle: bool = True
 
@@ -65,6 +70,8 @@ class DataConfig:
     object.__setattr__(self, "passkey_segments", tuple(int(s) for s in self.passkey_segments))
     if len(self.passkey_segments) != 2:
       raise ValueError(f"passkey_segments {self.passkey_segments} must be (min, max) segments")
+    if self.passkey_loss_weight <= 0:
+      raise ValueError(f"passkey_loss_weight {self.passkey_loss_weight} must be positive")
     if self.passkey_digits < 1:
       raise ValueError(f"passkey_digits {self.passkey_digits} must be >= 1")
 

@@ -88,9 +88,10 @@ def make_example(vocab_or_encode_fn, length_tokens: int, depth: Union[float, str
 
 def training_example(vocab_or_encode_fn, seed: int, segment_len: int,
                      segments: tuple[int, int] = (4, 8), digits: int = 5,
-                     filler_text: str | None = None) -> dict:
+                     filler_text: str | None = None, answer_weight: float = 1.0) -> dict:
   """An LM example from `seed`: inputs, targets (inputs shifted by one), loss_mask on the answer.
 
+  loss_mask is `answer_weight` on the answer tokens and 0 elsewhere.
   Its length is k * segment_len tokens, k drawn from the inclusive range `segments`; the depth is
   uniform in [0, 1]. The caller pads to the sequence length (with loss_mask 0).
   """
@@ -103,5 +104,5 @@ def training_example(vocab_or_encode_fn, seed: int, segment_len: int,
   ex = make_example(encode, k * segment_len + 1 - len(answer), depth, digits, seed, filler_text)
   seq = np.concatenate([ex["tokens"], ex["answer"]])
   mask = np.zeros(len(seq) - 1, np.float32)
-  mask[-len(answer):] = 1.0
+  mask[-len(answer):] = answer_weight
   return dict(inputs=seq[:-1], targets=seq[1:], loss_mask=mask)

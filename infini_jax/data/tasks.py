@@ -169,7 +169,7 @@ def _output_features(vocabulary: str):
 _DEFAULT = DataConfig()
 _CORPUS_FIELDS = ("vocabulary", "pack", "min_doc_tokens", "data_dir")
 _PASSKEY_FIELDS = ("vocabulary", "segment_len", "passkey_segments", "passkey_digits",
-                   "passkey_filler")
+                   "passkey_filler", "passkey_loss_weight")
 
 
 def _variant(base: str, cfg: DataConfig, fields, extra=()) -> str:
@@ -230,7 +230,8 @@ def _register_passkey_task(cfg: DataConfig) -> str:
           "segment_len") from None
     make = functools.partial(
         passkey.training_example, vocab, segment_len=cfg.segment_len,
-        segments=cfg.passkey_segments, digits=cfg.passkey_digits, filler_text=filler)
+        segments=cfg.passkey_segments, digits=cfg.passkey_digits, filler_text=filler,
+        answer_weight=cfg.passkey_loss_weight)
     seqio.TaskRegistry.add(
         task,
         source=_PasskeySource(make),
