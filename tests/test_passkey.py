@@ -44,6 +44,8 @@ def test_key_appears_once_at_the_asked_depth(depth, expected):
   np.testing.assert_array_equal(tokens[s:s + len(ex["answer"])], ex["answer"])
   # Within one filler repetition of the asked depth, measured over the filler region.
   sentence = encode(f" The pass key is {key}. Remember it. {key} is the pass key.")
+  start, end = ex["key_sentence"]
+  np.testing.assert_array_equal(tokens[start:end], sentence)
   n_filler = n - len(encode(passkey.INSTRUCTION)) - len(sentence) - len(encode(passkey.QUESTION))
   key_at = s - len(encode(passkey.INSTRUCTION)) - len(encode(" The pass key is"))
   assert abs(key_at - expected * n_filler) <= len(passkey.FILLER)

@@ -54,7 +54,8 @@ def make_example(vocab_or_encode_fn, length_tokens: int, depth: Union[float, str
     sentence is placed on a filler boundary (within one filler repetition of the asked depth).
   filler_text: replaces the paper's filler sentences (e.g. the text of a book); it is tiled.
   Returns dict(tokens=int32 [length_tokens], answer=int32 tokens of " <key>", key=str,
-  key_start=index in `tokens` of the key's first token).
+  key_start=index in `tokens` of the key's first token, key_sentence=(start, end) indices of the
+  whole key sentence).
   """
   encode = _encoder(vocab_or_encode_fn)
   depth = DEPTHS.get(depth, depth) if isinstance(depth, str) else float(depth)
@@ -82,8 +83,10 @@ def make_example(vocab_or_encode_fn, length_tokens: int, depth: Union[float, str
     n_after = min(int(round((n_filler - n_before) / len(unit))), n_filler // len(unit)) * len(unit)
     n_before = n_filler - n_after
   tokens = np.concatenate([prefix, region[:n_before], *key_sentence, region[n_before:], question])
+  sentence_start = len(prefix) + n_before
   return dict(tokens=tokens.astype(np.int32), answer=key_toks, key=key,
-              key_start=len(prefix) + n_before + len(head))
+              key_start=sentence_start + len(head),
+              key_sentence=(sentence_start, sentence_start + sum(map(len, key_sentence))))
 
 
 def training_example(vocab_or_encode_fn, seed: int, segment_len: int,

@@ -1,0 +1,127 @@
+"""How much of a memory read goes to the pass key as the memory fills: retrieval noise, measured.
+
+For passkey prompts of several lengths, runs a checkpoint segment by segment and, in every layer
+and head, splits the normaliser of the memory read (eq. 7) at the position that predicts the key's
+last digit, σ(q)·z, into the part written by the key sentence's tokens and the rest:
+
+    share = Σ_{t in key sentence} σ(q)·σ(k_t)  /  Σ_{t in earlier segments} σ(q)·σ(k_t)
+
+With the linear rule (eq. 8) A_mem is exactly the mean of the stored values weighted this way, so
+`share` is the key's weight in what the head reads; with the delta rule it is the key's share of
+the normaliser. The key sits at the start of the filler (always in an earlier segment). Prints, per
+length, the median share over the prompts for every head with its gate sigmoid(β); writes JSON.
+
+  python scripts/probe_memory.py --checkpoint=runs/passkey_tiny --segments=16,64,256,1024
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from infini_jax import evaluation, eval_passkey  # noqa: E402
+from infini_jax.data import passkey  # noqa: E402
+from infini_jax.memory import sigma  # noqa: E402
+
+USAGE = ("usage: scripts/probe_memory.py --checkpoint=RUN [--segments=16,64,256] [--samples=8] "
+         "[--digits=N] [--out=FILE.json] [gin flags]")
+
+
+@nnx.jit
+def _segment(model, memory, z, tokens, in_key):
+  """One segment through every layer, accumulating each layer's σ(k) sums.
+
+  memory: per-layer memories; z: per-layer (all, key) sums ``[batch, kv_heads, d]``;
+  tokens ``[batch, n]``; in_key ``[batch, n]`` float (1 on key-sentence tokens).
+  Returns (memory, z, per-layer σ(q) of the segment's last position ``[batch, heads, d]``).
+  """
+  cfg = model.cfg
+  graphdef, state = nnx.split(model.blocks)
+  x = model.embed(tokens, cfg.compute_dtype)
+  memory, z, last_q = list(memory), list(z), []
+  for layer in range(cfg.num_layers):
+    block = nnx.merge(graphdef, jax.tree.map(lambda a, i=layer: a[i], state))
+    q, k, _ = block.attn.project(block.attn_norm(x))
+    sk = sigma(k.astype(jnp.float32))                                  # [b, n, kv, d]
+    z_all, z_key = z[layer]
+    z[layer] = (z_all + sk.sum(1), z_key + jnp.einsum("bnhd,bn->bhd", sk, in_key))
+    last_q.append(sigma(q[:, -1].astype(jnp.float32)))
+    x, memory[layer] = block(x, memory[layer])
+  return tuple(memory), tuple(z), tuple(last_q)
+
+
+def key_share(model, tokens: np.ndarray, key_span: list[tuple[int, int]]) -> np.ndarray:
+  """``tokens [batch, length]``, each row's key-sentence span -> share ``[batch, layers, heads]``
+  at the last position, over the segments before the last one."""
+  cfg = model.cfg
+  batch, length = tokens.shape
+  in_key = np.zeros(tokens.shape, np.float32)
+  for row, (start, end) in enumerate(key_span):
+    in_key[row, start:end] = 1.0
+  d = cfg.dim_per_head
+  zeros = jnp.zeros((batch, cfg.num_kv_heads, d), jnp.float32)
+  memory, z = model.init_memory(batch), ((zeros, zeros),) * cfg.num_layers
+  starts = list(range(0, length, cfg.segment_len))
+  for start in starts[:-1]:
+    stop = start + cfg.segment_len
+    memory, z, _ = _segment(model, memory, z, tokens[:, start:stop], in_key[:, start:stop])
+  _, _, last_q = _segment(model, memory, z, tokens[:, starts[-1]:], in_key[:, starts[-1]:])
+  group = cfg.num_heads // cfg.num_kv_heads
+  shares = []
+  for (z_all, z_key), sq in zip(z, last_q):          # z for the segments before the last only
+    z_all, z_key = (np.repeat(np.asarray(a), group, axis=1) for a in (z_all, z_key))
+    sq = np.asarray(sq)
+    shares.append((sq * z_key).sum(-1) / np.maximum((sq * z_all).sum(-1), 1e-30))
+  return np.stack(shares, axis=1)
+
+
+def main(argv=None) -> dict:
+  own, gin_argv = evaluation.split_own_flags(
+      sys.argv[1:] if argv is None else argv, ("checkpoint", "segments", "samples", "digits", "out"))
+  if "checkpoint" not in own:
+    raise SystemExit(USAGE)
+  loaded = evaluation.load(gin_argv, evaluation.last(own, "checkpoint"))
+  model, cfg = loaded.model, loaded.model.cfg
+  if cfg.memory != "infini":
+    raise SystemExit(f"ModelConfig.memory is {cfg.memory!r}: there is no memory to probe")
+  segments = evaluation.parse_list(evaluation.last(own, "segments", "16,64,256"), "--segments",
+                                   evaluation.parse_count)
+  samples = evaluation.parse_count(evaluation.last(own, "samples", "8"), "--samples")
+  digits = int(evaluation.last(own, "digits", getattr(loaded.bound["data"], "passkey_digits", 5)))
+  encode = evaluation.encoder(loaded.bound["data"])
+  gates = np.asarray(jax.nn.sigmoid(model.blocks.attn.beta[...]))      # [layers, heads]
+  result = {"checkpoint": loaded.checkpoint, "step": loaded.step, "gates": gates.tolist(),
+            "update_rule": cfg.update_rule, "lengths": []}
+  print(f"key share of the memory read (median over {samples} prompts, key at the start), "
+        f"step {loaded.step}, {cfg.update_rule} rule; gates sigmoid(beta) in brackets")
+  for n in segments:
+    length = n * cfg.segment_len
+    rows, spans = [], []
+    for i in range(samples):
+      ex = eval_passkey.prompt(encode, length, 0.0, digits, passkey.example_seed("eval", i))
+      rows.append(np.concatenate([ex["tokens"], ex["answer"][:-1]]))
+      spans.append(ex["key_sentence"])
+    share = np.median(key_share(model, np.stack(rows), spans), axis=0)   # [layers, heads]
+    result["lengths"].append({"segments": n, "tokens": length, "share": share.tolist()})
+    cells = "  ".join(f"L{l}H{h} {share[l, h]:.2e} [{gates[l, h]:.2f}]"
+                      for l in range(share.shape[0]) for h in range(share.shape[1]))
+    print(f"{n:5d} segments: {cells}")
+  out = evaluation.last(own, "out") or os.path.join(evaluation.default_out(loaded.checkpoint),
+                                                    "memory_probe.json")
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  with open(out, "w") as f:
+    json.dump(result, f, indent=1)
+  print(f"wrote {out}")
+  return result
+
+
+if __name__ == "__main__":
+  main()
