@@ -1,7 +1,7 @@
 """Passkey retrieval at any length: ``python -m infini_jax.eval_passkey`` with the trainer's flags.
 
     python -m infini_jax.eval_passkey --gin_file=configs/passkey_tiny.gin \\
-        --segments=8,32,128,512 --depths=start,middle,end --samples=20
+        --segments=16,64,256,1024 --depths=start,middle,end --samples=20
 
 Own flags (the rest are gin flags, as for the trainer; without ``--gin_file`` the run's
 ``config.gin`` next to ``--checkpoint`` is read):
