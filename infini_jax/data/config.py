@@ -29,7 +29,7 @@ class DataConfig:
   passkey_filler: a text file whose text replaces the paper's filler sentences.
   passkey_loss_weight: the loss weight of each answer token of a passkey example, relative to a
     text token's 1. A passkey example has a few answer tokens against a text example's seq_len
-    targets, so in a mixture its share of the gradient is about digits / seq_len; a weight near
+    targets, so in a mixture its share of the gradient is about (digits + 1) / seq_len; a weight near
     seq_len / (digits + 1) gives both kinds of example an equal share.
   seed, shuffle: shuffling of the train split (validation is never shuffled).
   """
