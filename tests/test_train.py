@@ -138,7 +138,8 @@ def test_resume_after_kill_is_bit_exact(tmp_path):
   proc = run_train(tmp_path / "killed", *steps, "--gin.train.log_every=1", wait=False)
   ckpts = tmp_path / "killed" / "checkpoints"
   deadline = time.time() + 300
-  while time.time() < deadline and not glob.glob(str(ckpts / "6")):
+  # Both saves finalised (seen once: "6" on disk while "3" was not yet), then kill.
+  while time.time() < deadline and not all(glob.glob(str(ckpts / s)) for s in ("3", "6")):
     time.sleep(0.2)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
