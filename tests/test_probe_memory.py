@@ -1,6 +1,5 @@
 """scripts/probe_memory.py: the key's share of a memory read, against numpy, and its entry point."""
 
-import importlib.util
 import json
 import os
 
@@ -11,18 +10,13 @@ from flax import nnx
 from infini_jax import checkpoint
 from infini_jax.model import InfiniTransformer, ModelConfig
 
+import script_modules
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GIN = [f"--gin_file={os.path.join(ROOT, 'tests', 'configs', 'smoke.gin')}"]
 CFG = ModelConfig(vocab_size=384, num_layers=2, d_model=32, num_heads=4, num_kv_heads=2,
                   mlp_dim=64, segment_len=16)
-
-
-def probe():
-  spec = importlib.util.spec_from_file_location(
-      "probe_memory", os.path.join(ROOT, "scripts", "probe_memory.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+probe_memory = script_modules.load("probe_memory")
 
 
 def sigma(x):
@@ -51,14 +45,14 @@ def test_share_matches_numpy_and_shares_of_a_partition_add_to_one():
   rng = np.random.default_rng(0)
   tokens = rng.integers(0, 256, (2, 6 * 16 - 5)).astype(np.int32)   # a partial last segment
   spans = [(3, 20), (40, 41)]
-  got = probe().key_share(model, tokens, spans)                          # [batch, layers, heads]
+  got = probe_memory.key_share(model, tokens, spans)                          # [batch, layers, heads]
   assert got.shape == (2, 2, 4)
   for row in range(2):
     np.testing.assert_allclose(got[row, 0], numpy_layer0_share(params, tokens[row], spans[row]),
                                rtol=1e-4)
   # The key span and the rest of the memory's tokens split every read between them.
-  rest = probe().key_share(model, tokens, [(0, 3), (0, 40)])
-  rest_after = probe().key_share(model, tokens, [(20, 80), (41, 80)])
+  rest = probe_memory.key_share(model, tokens, [(0, 3), (0, 40)])
+  rest_after = probe_memory.key_share(model, tokens, [(20, 80), (41, 80)])
   np.testing.assert_allclose(got + rest + rest_after, 1.0, rtol=1e-5)
 
 
@@ -68,7 +62,7 @@ def test_entry_point_writes_a_share_per_length_layer_and_head(tmp_path):
     ckpt.save(7, {"params": params}, 0, force=True)
     ckpt.wait()
   out = tmp_path / "probe.json"
-  result = probe().main(GIN + [f"--checkpoint={tmp_path}", "--segments=24,48", "--samples=2",
+  result = probe_memory.main(GIN + [f"--checkpoint={tmp_path}", "--segments=24,48", "--samples=2",
                                "--digits=2", f"--out={out}"])
   saved = json.loads(out.read_text())
   assert saved["step"] == 7 and [c["segments"] for c in saved["lengths"]] == [24, 48]
@@ -76,4 +70,4 @@ def test_entry_point_writes_a_share_per_length_layer_and_head(tmp_path):
     share = np.asarray(cell["share"])
     assert share.shape == (2, 4) and ((share > 0) & (share < 1)).all()
   with pytest.raises(SystemExit, match="no memory to probe"):
-    probe().main(GIN + ["--gin.ModelConfig.memory='none'", f"--checkpoint={tmp_path}"])
+    probe_memory.main(GIN + ["--gin.ModelConfig.memory='none'", f"--checkpoint={tmp_path}"])
