@@ -71,11 +71,13 @@ def retrieve(memory: Memory, q: jax.Array) -> jax.Array:
   return _read(memory, sigma(q.astype(jnp.float32)))
 
 
-def update(memory: Memory, k: jax.Array, v: jax.Array, rule: str = "linear") -> Memory:
+def update(memory: Memory, k: jax.Array, v: jax.Array, rule: str = "linear",
+           weight: jax.Array | None = None) -> Memory:
   """Memory write: eq. 8 (``rule="linear"``) or eq. 9 (``"delta"``); z as in eq. 8 for both.
 
   ``k [batch, seq, heads, d_key]`` and ``v [batch, seq, heads, d_value]`` raw projections; the
-  returned memory is float32.
+  returned memory is float32. ``weight [batch, seq]`` (None: ones) scales each token's term of
+  both sums: with the linear rule, weight w writes a token exactly as w copies of it would.
   """
   if rule not in UPDATE_RULES:
     raise ValueError(f"unknown memory update rule {rule!r}; use one of {UPDATE_RULES}")
@@ -83,10 +85,14 @@ def update(memory: Memory, k: jax.Array, v: jax.Array, rule: str = "linear") -> 
   _check_shapes(memory, "v", v, memory.M.shape[3], "d_value")
   if k.shape[1] != v.shape[1]:
     raise ValueError(f"k has {k.shape[1]} positions but v has {v.shape[1]}; they must match")
+  if weight is not None and weight.shape != k.shape[:2]:
+    raise ValueError(f"weight has shape {weight.shape}; expected [batch, seq] = {k.shape[:2]}")
   sigma_k = sigma(k.astype(jnp.float32))
   v = v.astype(jnp.float32)
   if rule == "delta":
     v = v - _read(memory, sigma_k)  # write only what the memory does not already return
+  if weight is not None:
+    sigma_k = sigma_k * weight.astype(jnp.float32)[:, :, None, None]
   M = memory.M + jnp.einsum("bshk,bshv->bhkv", sigma_k, v, precision=_PRECISION)
   z = memory.z + jnp.sum(sigma_k, axis=1)
   return Memory(M=M, z=z)

@@ -17,11 +17,17 @@ from flax import nnx
 from infini_jax import sharding
 from infini_jax.model import InfiniTransformer, ModelConfig, scan_segments
 
-Batch = dict  # "inputs", "targets" int32 [batch, seq]; "loss_mask" float32 [batch, seq]
+# "inputs", "targets" int32 [batch, seq]; "loss_mask" float32 [batch, seq]; optionally
+# "memory_weight" float32 [batch, seq], each token's weight in the memory writes of training
+# (passkey dilution, data/passkey.py); evaluation ignores it and reads the text as it is.
+Batch = dict
 
 
-def loss_sums(model: InfiniTransformer, batch: Batch) -> dict:
-  """Per-segment sums ``[segments]`` of the masked NLL, of log Z^2 (z-loss) and of the weights."""
+def loss_sums(model: InfiniTransformer, batch: Batch, write_weight: jax.Array | None = None) -> dict:
+  """Per-segment sums ``[segments]`` of the masked NLL, of log Z^2 (z-loss) and of the weights.
+
+  ``write_weight [batch, seq]``: each token's weight in the memory writes (None: ones).
+  """
 
   def head(model, h, extras):
     targets, mask = extras
@@ -32,7 +38,7 @@ def loss_sums(model: InfiniTransformer, batch: Batch) -> dict:
             "weight": jnp.sum(mask)}
 
   outputs, _ = scan_segments(model, batch["inputs"], None, head,
-                             (batch["targets"], batch["loss_mask"]))
+                             (batch["targets"], batch["loss_mask"]), write_weight)
   return outputs
 
 
@@ -82,7 +88,8 @@ def build(cfg: ModelConfig, tx: optax.GradientTransformation, mesh, rules, globa
 
   def sums_and_grads(params, batch):
     def objective(params):
-      sums = jax.tree.map(jnp.sum, loss_sums(nnx.merge(graphdef, params), batch))
+      sums = jax.tree.map(jnp.sum, loss_sums(nnx.merge(graphdef, params), batch,
+                                             batch.get("memory_weight")))
       return sums["nll"] + z_loss * sums["z"], sums
     return jax.grad(objective, has_aux=True)(params)
 

@@ -20,19 +20,22 @@ def np_read(M, z, sq):
   return np.zeros((sq.shape[0], M.shape[1])) if np.all(z == 0) else (sq @ M) / den[:, None]
 
 
-def np_segments(qs, ks, vs, rule):
-  """Reads and final state over segments; qs/ks/vs lists of [B, N, H, D] arrays."""
-  M = np.zeros((B, H, DK, DV))
-  z = np.zeros((B, H, DK))
+def np_segments(qs, ks, vs, rule, M=None, z=None):
+  """Reads and final state over segments, from (M, z) (None: empty); qs/ks/vs lists of
+  [batch, seq, H, D] arrays (a q of None: no read)."""
+  batch = ks[0].shape[0]
+  M = np.zeros((batch, H, DK, DV)) if M is None else M
+  z = np.zeros((batch, H, DK)) if z is None else z
   reads = []
   for q, k, v in zip(qs, ks, vs):
-    read = np.zeros((B, N, H, DV))
-    for b in range(B):
-      for h in range(H):
-        read[b, :, h] = np_read(M[b, h], z[b, h], np_sigma(q[b, :, h]))
-    reads.append(read)
+    if q is not None:
+      read = np.zeros(q.shape[:3] + (DV,))
+      for b in range(batch):
+        for h in range(H):
+          read[b, :, h] = np_read(M[b, h], z[b, h], np_sigma(q[b, :, h]))
+      reads.append(read)
     newM, newz = M.copy(), z.copy()
-    for b in range(B):
+    for b in range(batch):
       for h in range(H):
         sk, vv = np_sigma(k[b, :, h]), v[b, :, h]
         if rule == "delta":
@@ -72,6 +75,42 @@ def test_linear_and_delta_differ_after_first_segment():
   np.testing.assert_array_equal(lin.M, dlt.M)
   lin, dlt = mem.update(lin, k[1], v[1], "linear"), mem.update(dlt, k[1], v[1], "delta")
   assert float(jnp.abs(lin.M - dlt.M).max()) > 1e-3
+
+
+def test_linear_write_weight_counts_a_token_that_many_times():
+  # Weight w on a token = the same token written w times: compare with an unweighted write of
+  # the tokens repeated, one batch row at a time (rows repeat their tokens differently).
+  rng = np.random.default_rng(2)
+  M0, z0 = rng.normal(size=(1, H, DK, DV)), rng.uniform(1, 2, size=(1, H, DK))
+  k, v = rng.normal(size=(B, N, H, DK)), rng.normal(size=(B, N, H, DV))
+  w = rng.integers(0, 4, size=(B, N))
+  start = mem.Memory(jnp.asarray(np.repeat(M0, B, 0), jnp.float32),
+                     jnp.asarray(np.repeat(z0, B, 0), jnp.float32))
+  weighted = mem.update(start, jnp.asarray(k, jnp.float32), jnp.asarray(v, jnp.float32),
+                        "linear", jnp.asarray(w, jnp.float32))
+  for b in range(B):
+    _, want_M, want_z = np_segments([None], [np.repeat(k[b:b + 1], w[b], 1)],
+                                    [np.repeat(v[b:b + 1], w[b], 1)], "linear", M0, z0)
+    np.testing.assert_allclose(weighted.M[b], want_M[0], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(weighted.z[b], want_z[0], rtol=1e-5)
+
+
+def test_delta_write_weight_scales_each_tokens_correction():
+  # Eq. 9 with weights: M + sum_t w_t sigma(k_t)^T (v_t - sigma(k_t) M / sigma(k_t) z).
+  rng = np.random.default_rng(3)
+  M, z = rng.normal(size=(B, H, DK, DV)), rng.uniform(1, 2, size=(B, H, DK))
+  k, v = rng.normal(size=(B, N, H, DK)), rng.normal(size=(B, N, H, DV))
+  w = rng.uniform(0, 5, size=(B, N))
+  got = mem.update(mem.Memory(jnp.asarray(M, jnp.float32), jnp.asarray(z, jnp.float32)),
+                   jnp.asarray(k, jnp.float32), jnp.asarray(v, jnp.float32), "delta",
+                   jnp.asarray(w, jnp.float32))
+  for b in range(B):
+    for h in range(H):
+      sk = np_sigma(k[b, :, h])
+      correction = v[b, :, h] - np_read(M[b, h], z[b, h], sk)
+      np.testing.assert_allclose(got.M[b, h], M[b, h] + (w[b, :, None] * sk).T @ correction,
+                                 rtol=1e-4, atol=1e-4)
+      np.testing.assert_allclose(got.z[b, h], z[b, h] + w[b] @ sk, rtol=1e-5)
 
 
 @pytest.mark.parametrize("rule", ["linear", "delta"])
@@ -115,6 +154,8 @@ def test_errors_name_the_problem():
     mem.retrieve(state, jnp.ones((B, N, H + 1, DK)))
   with pytest.raises(ValueError, match="v has shape"):
     mem.update(state, k, jnp.ones((B, N, H, DV + 1)))
+  with pytest.raises(ValueError, match=r"weight has shape \(2, 6\); expected \[batch, seq\]"):
+    mem.update(state, k, v, weight=jnp.ones((B, N - 1)))
   with pytest.raises(ValueError, match="positions"):
     mem.update(state, k, jnp.ones((B, N + 1, H, DV)))
   with pytest.raises(ValueError, match="memory.z has shape"):

@@ -61,3 +61,36 @@ def test_accumulated_micro_batches_equal_one_step_on_the_whole_batch():
     np.testing.assert_allclose(loss, results[0][1], rtol=1e-6)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
                  grads, results[0][0])
+
+
+def test_memory_weight_two_writes_a_segment_as_if_it_came_twice():
+  # One layer: keys and values depend on the token alone, so weight 2 on segment 0 must give
+  # the later segments exactly the losses of the sequence with segment 0 repeated.
+  cfg = ModelConfig(vocab_size=64, num_layers=1, d_model=32, num_heads=4, num_kv_heads=2,
+                    mlp_dim=64, segment_len=8)
+  model = step.InfiniTransformer(cfg, rngs=nnx.Rngs(0))
+  data = batch(seed=2)
+  weight = np.ones_like(data["loss_mask"])
+  weight[:, :8] = 2.0
+  weighted = step.loss_sums(model, data, jnp.asarray(weight))["nll"]
+  twice = {k: np.concatenate([v[:, :8], v], 1) for k, v in data.items()}
+  repeated = step.loss_sums(model, twice)["nll"]
+  plain = step.loss_sums(model, data)["nll"]
+  np.testing.assert_allclose(weighted[1:], repeated[2:], rtol=1e-5)
+  assert float(np.abs(np.asarray(weighted[1:]) - np.asarray(plain[1:])).max()) > 1e-3
+
+
+def test_train_reads_memory_weight_and_eval_ignores_it():
+  fns = build()
+  state = fns.init(jax.random.key(0))
+  data = batch(seed=3)
+  # Every write scaled by 3: sigma(q) M / sigma(q) z is unchanged in every layer (linear rule).
+  uniform = dict(data, memory_weight=np.full(data["loss_mask"].shape, 3.0, np.float32))
+  skewed = dict(data, memory_weight=np.where(np.arange(32) < 8, 1.0, 5.0).astype(np.float32)
+                * np.ones((4, 1), np.float32))
+  np.testing.assert_array_equal(fns.eval(state["params"], skewed)["nll"],
+                                fns.eval(state["params"], data)["nll"])
+  losses = [float(fns.train(jax.tree.map(jnp.copy, state), d)[1]["loss"])
+            for d in (data, uniform, skewed)]
+  np.testing.assert_allclose(losses[1], losses[0], rtol=1e-5)
+  assert abs(losses[2] - losses[0]) > 1e-4

@@ -92,13 +92,17 @@ class InfiniAttention(nnx.Module):
     out = jnp.einsum("bnhk,hkd->bnd", local, self.w_o[...].astype(dtype))
     return constrain(out, ("batch", "seq", "embed"))
 
-  def __call__(self, x: jax.Array, memory: mem.Memory | None):
-    """``x [b, n, d_model]``, memory of the previous segments -> (``[b, n, d_model]``, new memory)."""
+  def __call__(self, x: jax.Array, memory: mem.Memory | None,
+               write_weight: jax.Array | None = None):
+    """``x [b, n, d_model]``, memory of the previous segments -> (``[b, n, d_model]``, new memory).
+
+    ``write_weight [b, n]`` (None: ones): each token's weight in the memory write (``memory.update``).
+    """
     cfg = self.cfg
     q, k, v = self.project(x)
     # RoPE on the local path only: the memory reads and writes the un-rotated q, k.
     local = local_attention(self.rotate(q), self.rotate(k), v, cfg.attention_impl)
     out = self.output(local, q, memory)                             # reads before the write
     if cfg.memory == "infini":
-      memory = mem.update(memory, k, v, cfg.update_rule)
+      memory = mem.update(memory, k, v, cfg.update_rule, write_weight)
     return out, memory

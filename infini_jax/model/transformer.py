@@ -35,8 +35,9 @@ class Block(nnx.Module):
     self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps, rngs=rngs)
     self.mlp = SwiGLU(cfg, rngs=rngs)
 
-  def __call__(self, x: jax.Array, memory: mem.Memory | None):
-    attended, memory = self.attn(self.attn_norm(x), memory)
+  def __call__(self, x: jax.Array, memory: mem.Memory | None,
+               write_weight: jax.Array | None = None):
+    attended, memory = self.attn(self.attn_norm(x), memory, write_weight)
     x = x + attended
     x = x + self.mlp(self.mlp_norm(x))
     return constrain(x, ("batch", "seq", "embed")), memory
@@ -85,16 +86,19 @@ class InfiniTransformer(nnx.Module):
     return jnp.einsum("bsd,dv->bsv", h, self.unembed[...].astype(h.dtype),
                       preferred_element_type=jnp.float32)
 
-  def run_layers(self, x: jax.Array, memory: mem.Memory | None):
+  def run_layers(self, x: jax.Array, memory: mem.Memory | None,
+                 write_weight: jax.Array | None = None):
     """One segment through the layer stack: a scan over the stacked blocks.
 
-    ``x [batch, seg, d_model]``; ``memory`` stacked over layers (or None) -> (x, new memory).
+    ``x [batch, seg, d_model]``; ``memory`` stacked over layers (or None);
+    ``write_weight [batch, seg]`` (None: ones), every layer's memory-write weight per token
+    -> (x, new memory).
     """
     graphdef, state = nnx.split(self.blocks)
 
     def layer(x, layer_inputs):
       block_state, layer_memory = layer_inputs
-      return nnx.merge(graphdef, block_state)(x, layer_memory)
+      return nnx.merge(graphdef, block_state)(x, layer_memory, write_weight)
 
     if self.cfg.remat == "segment_and_layer":
       layer = jax.checkpoint(layer, prevent_cse=False)
@@ -134,7 +138,8 @@ def merge_segments(x: jax.Array) -> jax.Array:
 
 
 def scan_segments(model: InfiniTransformer, tokens: jax.Array, memory: LayerMemories | None,
-                  head: Callable[[InfiniTransformer, jax.Array, Any], Any], extras: Any = None):
+                  head: Callable[[InfiniTransformer, jax.Array, Any], Any], extras: Any = None,
+                  write_weight: jax.Array | None = None):
   """The segment recurrence: ``jax.lax.scan`` over segments with every layer's memory as carry.
 
   Args:
@@ -145,6 +150,8 @@ def scan_segments(model: InfiniTransformer, tokens: jax.Array, memory: LayerMemo
       ``[batch, segment_len, d_model]`` to that segment's output (logits, a loss sum, ...).
     extras: optional pytree of ``[batch, seq, ...]`` arrays split into segments alongside the
       tokens and handed to ``head`` (targets, loss weights).
+    write_weight: optional ``[batch, seq]`` weight of each token in the memory writes of every
+      layer (``memory.update``); None: ones.
 
   Returns:
     (outputs stacked over segments ``[segments, ...]``, outgoing per-layer memories).
@@ -159,11 +166,11 @@ def scan_segments(model: InfiniTransformer, tokens: jax.Array, memory: LayerMemo
   graphdef, state = nnx.split(model)
 
   def segment_step(state, carry, index):
-    segment_tokens, segment_extras = jax.tree.map(
-        lambda x: segment(x, index, cfg.segment_len), (tokens, extras))
+    segment_tokens, segment_extras, segment_weight = jax.tree.map(
+        lambda x: segment(x, index, cfg.segment_len), (tokens, extras, write_weight))
     model = nnx.merge(graphdef, state)
     h = model.embed(segment_tokens, cfg.compute_dtype)
-    h, carry = model.run_layers(constrain(h, ("batch", "seq", "embed")), carry)
+    h, carry = model.run_layers(constrain(h, ("batch", "seq", "embed")), carry, segment_weight)
     return carry, head(model, model.final_norm(h), segment_extras)
 
   if cfg.remat in _REMAT_SEGMENT:
