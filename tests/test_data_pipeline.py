@@ -41,7 +41,7 @@ def corpus_cfg(tmp_path_factory):
 
 def _rows(cfg, split="validation", **kw):
   pipe = data.build_pipeline(cfg, split=split, **kw)
-  out = {k: [] for k in ("inputs", "targets", "loss_mask")}
+  out = {k: [] for k in data.tasks.FEATURES}
   for batch in pipe:
     for k, v in batch.items():
       out[k].append(v)
@@ -52,6 +52,7 @@ def test_examples_are_shifted_masked_and_respect_documents(corpus_cfg):
   rows = _rows(corpus_cfg)
   inputs, targets, mask = rows["inputs"], rows["targets"], rows["loss_mask"]
   assert inputs.dtype == targets.dtype == np.int32 and mask.dtype == np.float32
+  np.testing.assert_array_equal(rows["memory_weight"][mask.sum(1) > 0], 1.0)  # text: once each
   assert inputs.shape[1] == 16 and inputs.shape[0] % 4 == 0
   real = mask.sum(1) > 0
   # ceil(len / seq_len) examples per document (its tokens plus EOS, windows overlapping by one).
@@ -155,14 +156,28 @@ def test_passkey_task_trains_on_the_key_and_splits_use_their_own_seeds(tmp_path)
 def test_passkey_mixture(corpus_cfg):
   cfg = dataclasses.replace(corpus_cfg, task=corpus_cfg.task + "_passkey", seq_len=512,
                             segment_len=64, passkey_segments=(4, 8), passkey_rate=0.5,
-                            passkey_loss_weight=40.0)
+                            passkey_loss_weight=40.0, passkey_dilution=8.0)
   pipe = data.build_pipeline(cfg)
-  masks = np.concatenate([pipe.next_global(None)["loss_mask"] for _ in range(6)])
+  batches = [pipe.next_global(None) for _ in range(6)]
+  masks = np.concatenate([b["loss_mask"] for b in batches])
   passkeys = masks.max(1) == 40.0   # answer tokens weigh passkey_loss_weight, text tokens 1
   assert 0 < passkeys.sum() < len(masks)
   np.testing.assert_array_equal((masks[passkeys] == 40.0).sum(1), cfg.passkey_digits + 1)
   assert set(np.unique(masks[passkeys])) == {0.0, 40.0}
   assert set(np.unique(masks[~passkeys])) <= {0.0, 1.0}
+  # Text is written into the memory once per token; a passkey prompt's filler r in (1, 8] times,
+  # its key sentence once, and the padding after it not at all.
+  weights = np.concatenate([b["memory_weight"] for b in batches])
+  np.testing.assert_array_equal(weights[~passkeys], 1.0)
+  for row, mask in zip(weights[passkeys], masks[passkeys]):
+    end = np.flatnonzero(mask)[-1] + 1
+    np.testing.assert_array_equal(row[end:], 0.0)
+    r = np.unique(row[:end][row[:end] != 1.0])
+    assert len(r) == 1 and 1.0 < r[0] <= 8.0
+    key = "1" * cfg.passkey_digits
+    assert (row[:end] == 1.0).sum() == len(f" The pass key is {key}. Remember it. {key} is the pass key.")
+  with pytest.raises(ValueError, match="passkey_dilution 0.5 must be >= 1"):
+    dataclasses.replace(cfg, passkey_dilution=0.5)
   with pytest.raises(ValueError, match="passkey_loss_weight 0.0 must be positive"):
     dataclasses.replace(cfg, passkey_loss_weight=0.0)
   with pytest.raises(ValueError, match="set passkey_rate in \\(0, 1\\)"):

@@ -101,3 +101,23 @@ def test_training_example_trains_on_the_answer_only():
     key = passkey.make_key(seed, 4)
     assert decode(ex["targets"][mask]) == " " + key
     assert decode(ex["inputs"][:n - 4]).endswith("The pass key is")
+    np.testing.assert_array_equal(ex["memory_weight"], 1.0)  # no dilution by default
+
+
+def test_dilution_writes_all_but_the_key_sentence_r_times():
+  sentence = " The pass key is {k}. Remember it. {k} is the pass key."
+  factors = []
+  for seed in range(40):
+    ex = passkey.training_example(encode, seed, segment_len=128, segments=(2, 3), digits=2,
+                                  dilution=16.0)
+    key = passkey.make_key(seed, 2)
+    weight = ex["memory_weight"]
+    assert weight.shape == ex["inputs"].shape and weight.dtype == np.float32
+    once = np.flatnonzero(weight == 1.0)
+    assert decode(ex["inputs"][once]) == sentence.format(k=key)
+    assert once[-1] - once[0] + 1 == len(once)  # one contiguous run: the sentence
+    r = np.unique(weight[weight != 1.0])
+    assert len(r) == 1 and 1.0 < r[0] <= 16.0
+    factors.append(np.log(r[0]) / np.log(16.0))
+  # log-uniform in [1, 16]: log r / log 16 is uniform in [0, 1].
+  assert 0.3 < np.mean(factors) < 0.7 and min(factors) < 0.2 and max(factors) > 0.8

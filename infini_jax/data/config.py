@@ -13,7 +13,8 @@ class DataConfig:
   task: a seqio task or mixture name. Built in: "shakespeare" (bundled), "local" (needs
     corpus_pattern), "pg19", "c4", "passkey", and "<corpus>_passkey" mixtures such as
     "shakespeare_passkey"; corpora added with `data.register_corpus` work the same way; any
-    other name must already be in seqio's registries with "inputs", "targets" and "loss_mask".
+    other name must already be in seqio's registries with "inputs", "targets" and "loss_mask"
+    (and optionally "memory_weight").
   seq_len: tokens per example (= segments * segment_len).
   segment_len: tokens per segment; seq_len must be a multiple of it.
   batch_size: the GLOBAL batch size, divided evenly over processes.
@@ -31,6 +32,10 @@ class DataConfig:
     text token's 1. A passkey example has a few answer tokens against a text example's seq_len
     targets, so in a mixture its share of the gradient is about (digits + 1) / seq_len; a weight near
     seq_len / (digits + 1) gives both kinds of example an equal share.
+  passkey_dilution: >= 1. In training, every token of a passkey example except the key sentence
+    is written into the memory r times over, r log-uniform in [1, passkey_dilution] per example
+    (passkey.training_example): a memory as full as that of an up to passkey_dilution times longer
+    prompt. 1: off. Evaluation never dilutes.
   seed, shuffle: shuffling of the train split (validation is never shuffled).
   """
 
@@ -48,6 +53,7 @@ class DataConfig:
   passkey_digits: int = 5
   passkey_filler: Optional[str] = None
   passkey_loss_weight: float = 1.0
+  passkey_dilution: float = 1.0
   seed: int = 0
   shuffle: bool = True
 
@@ -72,6 +78,8 @@ class DataConfig:
       raise ValueError(f"passkey_segments {self.passkey_segments} must be (min, max) segments")
     if self.passkey_loss_weight <= 0:
       raise ValueError(f"passkey_loss_weight {self.passkey_loss_weight} must be positive")
+    if not self.passkey_dilution >= 1.0:
+      raise ValueError(f"passkey_dilution {self.passkey_dilution} must be >= 1 (1: off)")
     if self.passkey_digits < 1:
       raise ValueError(f"passkey_digits {self.passkey_digits} must be >= 1")
 

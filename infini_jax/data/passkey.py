@@ -91,10 +91,17 @@ def make_example(vocab_or_encode_fn, length_tokens: int, depth: Union[float, str
 
 def training_example(vocab_or_encode_fn, seed: int, segment_len: int,
                      segments: tuple[int, int] = (4, 8), digits: int = 5,
-                     filler_text: str | None = None, answer_weight: float = 1.0) -> dict:
-  """An LM example from `seed`: inputs, targets (inputs shifted by one), loss_mask on the answer.
+                     filler_text: str | None = None, answer_weight: float = 1.0,
+                     dilution: float = 1.0) -> dict:
+  """An LM example from `seed`: inputs, targets (inputs shifted by one), loss_mask on the answer,
+  memory_weight.
 
   loss_mask is `answer_weight` on the answer tokens and 0 elsewhere.
+  memory_weight (dilution): the key sentence's tokens weigh 1 in the memory writes, every other
+  token r, drawn log-uniformly from [1, `dilution`]. With the linear rule the memory is then that
+  of a prompt whose filler is r times longer (exactly in the first layer, whose keys and values
+  depend on the token alone), so the model learns to retrieve from a memory as full as a longer
+  prompt's without paying for its segments.
   Its length is k * segment_len tokens, k drawn from the inclusive range `segments`; the depth is
   uniform in [0, 1]. The caller pads to the sequence length (with loss_mask 0).
   """
@@ -102,10 +109,13 @@ def training_example(vocab_or_encode_fn, seed: int, segment_len: int,
   rng = np.random.default_rng([seed, 1])
   k = int(rng.integers(segments[0], segments[1] + 1))
   depth = float(rng.uniform())
+  r = float(np.exp(rng.uniform() * np.log(dilution)))
   answer = encode(" " + make_key(seed, digits))
   # inputs = (prompt + answer)[:-1] has exactly k * segment_len tokens.
   ex = make_example(encode, k * segment_len + 1 - len(answer), depth, digits, seed, filler_text)
   seq = np.concatenate([ex["tokens"], ex["answer"]])
   mask = np.zeros(len(seq) - 1, np.float32)
   mask[-len(answer):] = answer_weight
-  return dict(inputs=seq[:-1], targets=seq[1:], loss_mask=mask)
+  memory_weight = np.full(len(seq) - 1, r, np.float32)
+  memory_weight[slice(*ex["key_sentence"])] = 1.0
+  return dict(inputs=seq[:-1], targets=seq[1:], loss_mask=mask, memory_weight=memory_weight)

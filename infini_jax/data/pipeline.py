@@ -20,7 +20,8 @@ tf.config.set_visible_devices([], "GPU")
 
 
 class Pipeline:
-  """Batches of {"inputs", "targets", "loss_mask"} for one process; see `build_pipeline`."""
+  """Batches of {"inputs", "targets", "loss_mask", "memory_weight"} for one process (a task of
+  your own may leave out "memory_weight"); see `build_pipeline`."""
 
   def __init__(self, cfg: DataConfig, split: str, shard_index: int, num_shards: int,
                start_position: int = 0):
@@ -39,7 +40,8 @@ class Pipeline:
     cfg, train = self.cfg, self.split == "train"
     ds = seqio.get_dataset(
         mixture_or_task_name=self.task,
-        task_feature_lengths={k: cfg.seq_len for k in tasks.FEATURES},
+        task_feature_lengths={k: cfg.seq_len for k in seqio.get_mixture_or_task(
+            self.task).output_features},
         feature_converter=seqio.PassThroughFeatureConverter(),
         dataset_split=self.split,
         shuffle=cfg.shuffle and train,

@@ -1,7 +1,8 @@
 """seqio tasks and mixtures: corpora and the passkey task, turned into fixed-length LM examples.
 
-Every task yields "inputs" and "targets" (int32 [seq_len], targets[t] = inputs[t + 1]) and
-"loss_mask" (float32, 0 on padding). Corpus preprocessing: text -> tokens -> EOS appended ->
+Every task yields "inputs" and "targets" (int32 [seq_len], targets[t] = inputs[t + 1]),
+"loss_mask" (float32, 0 on padding) and "memory_weight" (float32, each token's weight in the
+memory writes of training: 1 for text, see passkey.training_example for passkey examples). Corpus preprocessing: text -> tokens -> EOS appended ->
 documents shorter than min_doc_tokens dropped -> cut into examples. Unpacked, a document of n
 tokens gives ceil((n - 1) / seq_len) examples, windows of seq_len + 1 tokens overlapping by one so
 every token after the first is predicted once; the last window is padded. Packed, the documents
@@ -27,7 +28,7 @@ from infini_jax.data import corpus, local_text, passkey
 from infini_jax.data.config import DataConfig
 from infini_jax.data.vocab import get_vocabulary
 
-FEATURES = ("inputs", "targets", "loss_mask")
+FEATURES = ("inputs", "targets", "loss_mask", "memory_weight")
 SHUFFLE_BUFFER = 1000  # examples
 DOC_SHUFFLE_BUFFER = 1024  # documents
 PASSKEY_VALIDATION_EXAMPLES = 256
@@ -94,7 +95,8 @@ class _PasskeySource(_SplitShardedSource):
       return tuple(ex[k] for k in FEATURES)
 
     def to_dict(i):
-      values = tf.numpy_function(make, [i], [tf.int32, tf.int32, tf.float32], stateful=False)
+      values = tf.numpy_function(make, [i], [tf.int32, tf.int32, tf.float32, tf.float32],
+                                 stateful=False)
       return {k: tf.ensure_shape(v, [None]) for k, v in zip(FEATURES, values)}
 
     return tf.data.Dataset.range(index, stop, count).map(to_dict)
@@ -119,7 +121,8 @@ def _drop_short(dataset, min_tokens):
 
 
 def _windows(tokens, n_real, length):
-  """Windows of length + 1 tokens, overlapping by one, as inputs/targets/loss_mask [k, length]."""
+  """Windows of length + 1 tokens, overlapping by one: inputs/targets/loss_mask/memory_weight
+  [k, length]."""
   k = tf.shape(tokens)[0] // length if n_real is None else (n_real - 1 + length - 1) // length
   k = tf.maximum(k, 0)
   need = k * length + 1
@@ -128,7 +131,8 @@ def _windows(tokens, n_real, length):
   targets = tf.reshape(padded[1:], [k, length])
   real = tf.shape(tokens)[0] if n_real is None else n_real
   mask = tf.cast(tf.range(1, need) < real, tf.float32)
-  return {"inputs": inputs, "targets": targets, "loss_mask": tf.reshape(mask, [k, length])}
+  return {"inputs": inputs, "targets": targets, "loss_mask": tf.reshape(mask, [k, length]),
+          "memory_weight": tf.ones([k, length], tf.float32)}
 
 
 def _cut_into_examples(dataset, sequence_length, pack):
@@ -159,17 +163,19 @@ def _pad(dataset, sequence_length):
 
 def _output_features(vocabulary: str):
   vocab = get_vocabulary(vocabulary)
+  weights = seqio.PassThroughVocabulary(1)
   return {
       "inputs": seqio.Feature(vocab, add_eos=False),
       "targets": seqio.Feature(vocab, add_eos=False),
-      "loss_mask": seqio.Feature(seqio.PassThroughVocabulary(1), add_eos=False, dtype=tf.float32),
+      "loss_mask": seqio.Feature(weights, add_eos=False, dtype=tf.float32),
+      "memory_weight": seqio.Feature(weights, add_eos=False, dtype=tf.float32),
   }
 
 
 _DEFAULT = DataConfig()
 _CORPUS_FIELDS = ("vocabulary", "pack", "min_doc_tokens", "data_dir")
 _PASSKEY_FIELDS = ("vocabulary", "segment_len", "passkey_segments", "passkey_digits",
-                   "passkey_filler", "passkey_loss_weight")
+                   "passkey_filler", "passkey_loss_weight", "passkey_dilution")
 
 
 def _variant(base: str, cfg: DataConfig, fields, extra=()) -> str:
@@ -231,7 +237,7 @@ def _register_passkey_task(cfg: DataConfig) -> str:
     make = functools.partial(
         passkey.training_example, vocab, segment_len=cfg.segment_len,
         segments=cfg.passkey_segments, digits=cfg.passkey_digits, filler_text=filler,
-        answer_weight=cfg.passkey_loss_weight)
+        answer_weight=cfg.passkey_loss_weight, dilution=cfg.passkey_dilution)
     seqio.TaskRegistry.add(
         task,
         source=_PasskeySource(make),
