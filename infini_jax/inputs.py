@@ -42,8 +42,9 @@ class SyntheticPipeline:
     tokens = rng.integers(0, self.vocab_size, (self.cfg.batch_size, self.cfg.seq_len + 1),
                           dtype=np.int32)[self.rows]
     self.position += 1
-    return {"inputs": tokens[:, :-1], "targets": tokens[:, 1:],
-            "loss_mask": np.ones(tokens[:, 1:].shape, np.float32)}
+    ones = np.ones(tokens[:, 1:].shape, np.float32)
+    return {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "loss_mask": ones,
+            "memory_weight": ones}
 
   def next_global(self, sharding=None) -> dict:
     local = self.next_local()

@@ -21,6 +21,8 @@ from infini_jax.model import InfiniTransformer, ModelConfig, scan_segments
 # "memory_weight" float32 [batch, seq], each token's weight in the memory writes of training
 # (passkey dilution, data/passkey.py); evaluation ignores it and reads the text as it is.
 Batch = dict
+BATCH_DTYPES = {"inputs": jnp.int32, "targets": jnp.int32, "loss_mask": jnp.float32,
+                "memory_weight": jnp.float32}
 
 
 def loss_sums(model: InfiniTransformer, batch: Batch, write_weight: jax.Array | None = None) -> dict:
@@ -51,6 +53,7 @@ class StepFns:
   eval: Callable[[dict, Batch], dict]   # (params, batch) -> per-segment sums
   state_shardings: Any
   abstract_state: Any
+  abstract_batch: Batch   # the batch our pipelines feed, as ShapeDtypeStructs (for AOT compiles)
   batch_sharding: Any
   graphdef: Any
 
@@ -137,6 +140,8 @@ def build(cfg: ModelConfig, tx: optax.GradientTransformation, mesh, rules, globa
       abstract_state=jax.tree.map(
           lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
           jax.eval_shape(init, jax.random.key(0)), state_shardings),
+      abstract_batch={k: jax.ShapeDtypeStruct((global_batch, seq_len), dtype, sharding=batch_sharding)
+                      for k, dtype in BATCH_DTYPES.items()},
       batch_sharding=batch_sharding,
       graphdef=graphdef,
   )

@@ -30,7 +30,6 @@ def main(argv):
                              + f" --xla_force_host_platform_device_count={devices}")
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
   import jax
-  import jax.numpy as jnp
 
   from infini_jax import cli, optim, sharding, step
 
@@ -47,11 +46,7 @@ def main(argv):
     fns = step.build(model, optim.make_optimizer(opt_cfg), mesh, mesh_cfg.rules, data.batch_size,
                      data.seq_len, grad_accum_steps=bound.get("grad_accum_steps", 1),
                      schedule=optim.make_schedule(opt_cfg))
-    batch = {k: jax.ShapeDtypeStruct((data.batch_size, data.seq_len), dtype,
-                                     sharding=fns.batch_sharding)
-             for k, dtype in (("inputs", jnp.int32), ("targets", jnp.int32),
-                              ("loss_mask", jnp.float32))}
-    lowered = fns.train.lower(fns.abstract_state, batch)
+    lowered = fns.train.lower(fns.abstract_state, fns.abstract_batch)
     t1 = time.perf_counter()
     compiled = lowered.compile()
     t2 = time.perf_counter()

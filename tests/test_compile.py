@@ -16,7 +16,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SCRIPT = r"""
 import json, sys, time
-import jax, jax.numpy as jnp
+import jax
 from infini_jax import optim, sharding, step
 from infini_jax.model import ModelConfig
 
@@ -29,9 +29,7 @@ for segments in (4, 64):
   seq = segments * cfg.segment_len
   with sharding.activate(mesh, rules):
     fns = step.build(cfg, optim.make_optimizer(optim.OptimizerConfig()), mesh, rules, 8, seq)
-    batch = {k: jax.ShapeDtypeStruct((8, seq), d, sharding=fns.batch_sharding)
-             for k, d in (("inputs", jnp.int32), ("targets", jnp.int32), ("loss_mask", jnp.float32))}
-    lowered = fns.train.lower(fns.abstract_state, batch)
+    lowered = fns.train.lower(fns.abstract_state, fns.abstract_batch)
     t0 = time.perf_counter()
     compiled = lowered.compile()
     out[segments] = {"lowered_chars": len(lowered.as_text()), "hlo_chars": len(compiled.as_text()),
