@@ -91,6 +91,12 @@ def test_every_shipped_config_parses_and_builds_at_full_size():
     if name.startswith("continual/"):
       assert bound["init_from"].startswith("hf:/models/") and bound["init_from"] == bound["data"].vocabulary
       assert (bound["model"].rope_scaling is None) == ("8b" in name), name
+    if name.endswith("_dilute.gin"):   # stage 2 continues its own stage 1's model
+      stage1 = name.replace("_dilute", "")
+      cli.parse([os.path.join(ROOT, "configs", stage1)], [], [])
+      first = cli.bindings_of("train")
+      assert bound["init_from"] == first["model_dir"] + "/checkpoints", name
+      assert bound["model"] == first["model"] and bound["data"].passkey_dilution > 1, name
   gin.clear_config()
 
 

@@ -98,10 +98,10 @@ def training_example(vocab_or_encode_fn, seed: int, segment_len: int,
 
   loss_mask is `answer_weight` on the answer tokens and 0 elsewhere.
   memory_weight (dilution): the key sentence's tokens weigh 1 in the memory writes, every other
-  token r, drawn log-uniformly from [1, `dilution`]. With the linear rule the memory is then that
-  of a prompt whose filler is r times longer (exactly in the first layer, whose keys and values
-  depend on the token alone), so the model learns to retrieve from a memory as full as a longer
-  prompt's without paying for its segments.
+  token r, drawn log-uniformly from [1, `dilution`]. With the linear rule the memory then holds
+  what it would after every token but the key sentence came r times (exactly in the first layer,
+  whose keys and values depend on the token alone), so the model learns to retrieve from a memory
+  as full as an r times longer prompt's without paying for its segments.
   Its length is k * segment_len tokens, k drawn from the inclusive range `segments`; the depth is
   uniform in [0, 1]. The caller pads to the sequence length (with loss_mask 0).
   """
