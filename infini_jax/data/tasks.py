@@ -2,11 +2,12 @@
 
 Every task yields "inputs" and "targets" (int32 [seq_len], targets[t] = inputs[t + 1]),
 "loss_mask" (float32, 0 on padding) and "memory_weight" (float32, each token's weight in the
-memory writes of training: 1 for text, see passkey.training_example for passkey examples). Corpus preprocessing: text -> tokens -> EOS appended ->
-documents shorter than min_doc_tokens dropped -> cut into examples. Unpacked, a document of n
-tokens gives ceil((n - 1) / seq_len) examples, windows of seq_len + 1 tokens overlapping by one so
-every token after the first is predicted once; the last window is padded. Packed, the documents
-form one stream cut the same way (the tail of a finite split shorter than an example is dropped).
+memory writes of training: 1 for text; passkey.training_example for passkey examples).
+Corpus preprocessing: text -> tokens -> EOS appended -> documents shorter than min_doc_tokens
+dropped -> cut into examples. Unpacked, a document of n tokens gives ceil((n - 1) / seq_len)
+examples, windows of seq_len + 1 tokens overlapping by one so every token after the first is
+predicted once; the last window is padded. Packed, the documents form one stream cut the same way
+(the tail of a finite split shorter than an example is dropped).
 
 Names: what the config does not fix (vocabulary, packing, ...) is baked into a task, so a config
 that differs from `DataConfig()`'s defaults registers a variant "<task>.<hash>"; `task_name(cfg)`
