@@ -25,7 +25,8 @@ BATCH_DTYPES = {"inputs": jnp.int32, "targets": jnp.int32, "loss_mask": jnp.floa
                 "memory_weight": jnp.float32}
 
 
-def loss_sums(model: InfiniTransformer, batch: Batch, write_weight: jax.Array | None = None) -> dict:
+def loss_sums(model: InfiniTransformer, batch: Batch,
+              write_weight: jax.Array | None = None) -> dict:
   """Per-segment sums ``[segments]`` of the masked NLL, of log Z^2 (z-loss) and of the weights.
 
   ``write_weight [batch, seq]``: each token's weight in the memory writes (None: ones).
@@ -140,7 +141,8 @@ def build(cfg: ModelConfig, tx: optax.GradientTransformation, mesh, rules, globa
       abstract_state=jax.tree.map(
           lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
           jax.eval_shape(init, jax.random.key(0)), state_shardings),
-      abstract_batch={k: jax.ShapeDtypeStruct((global_batch, seq_len), dtype, sharding=batch_sharding)
+      abstract_batch={k: jax.ShapeDtypeStruct((global_batch, seq_len), dtype,
+                                              sharding=batch_sharding)
                       for k, dtype in BATCH_DTYPES.items()},
       batch_sharding=batch_sharding,
       graphdef=graphdef,

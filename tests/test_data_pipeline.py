@@ -169,13 +169,14 @@ def test_passkey_mixture(corpus_cfg):
   # its key sentence once, and the padding after it not at all.
   weights = np.concatenate([b["memory_weight"] for b in batches])
   np.testing.assert_array_equal(weights[~passkeys], 1.0)
+  key = "1" * cfg.passkey_digits
+  sentence = f" The pass key is {key}. Remember it. {key} is the pass key."
   for row, mask in zip(weights[passkeys], masks[passkeys]):
     end = np.flatnonzero(mask)[-1] + 1
     np.testing.assert_array_equal(row[end:], 0.0)
     r = np.unique(row[:end][row[:end] != 1.0])
     assert len(r) == 1 and 1.0 < r[0] <= 8.0
-    key = "1" * cfg.passkey_digits
-    assert (row[:end] == 1.0).sum() == len(f" The pass key is {key}. Remember it. {key} is the pass key.")
+    assert (row[:end] == 1.0).sum() == len(sentence)
   with pytest.raises(ValueError, match="passkey_dilution 0.5 must be >= 1"):
     dataclasses.replace(cfg, passkey_dilution=0.5)
   with pytest.raises(ValueError, match="passkey_loss_weight 0.0 must be positive"):

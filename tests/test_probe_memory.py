@@ -45,7 +45,7 @@ def test_share_matches_numpy_and_shares_of_a_partition_add_to_one():
   rng = np.random.default_rng(0)
   tokens = rng.integers(0, 256, (2, 6 * 16 - 5)).astype(np.int32)   # a partial last segment
   spans = [(3, 20), (40, 41)]
-  got = probe_memory.key_share(model, tokens, spans)                          # [batch, layers, heads]
+  got = probe_memory.key_share(model, tokens, spans)                  # [batch, layers, heads]
   assert got.shape == (2, 2, 4)
   for row in range(2):
     np.testing.assert_allclose(got[row, 0], numpy_layer0_share(params, tokens[row], spans[row]),
@@ -63,7 +63,7 @@ def test_entry_point_writes_a_share_per_length_layer_and_head(tmp_path):
     ckpt.wait()
   out = tmp_path / "probe.json"
   result = probe_memory.main(GIN + [f"--checkpoint={tmp_path}", "--segments=24,48", "--samples=2",
-                               "--digits=2", f"--out={out}"])
+                                    "--digits=2", f"--out={out}"])
   saved = json.loads(out.read_text())
   assert saved["step"] == 7 and [c["segments"] for c in saved["lengths"]] == [24, 48]
   for cell in result["lengths"]:
