@@ -13,6 +13,7 @@ under multi-process each process contributes its own shards and all receive the 
 (process 0 writes it). A checkpoint saved on 8 devices verifies when restored onto 2x4 or onto 1.
 """
 
+import contextlib
 import os
 import signal
 import warnings
@@ -29,6 +30,11 @@ _ITEMS = ("state", "meta")
 
 class CheckpointWarning(UserWarning):
   """A checkpoint step was skipped (it failed to load or to verify)."""
+
+
+class SaveError(RuntimeError):
+  """An (async) save failed: out of space, a folder removed under it. The steps that finished
+  before it are whole; the half-written one is never listed (orbax's temporary folder)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -188,6 +194,7 @@ class Checkpointer:
       raise ValueError(f"save_every={save_every}, keep_last={keep_last} and keep_every="
                        f"{keep_every} must be positive (keep_every may be None)")
     self.save_every = save_every
+    self._started = None   # the step of the newest save started, for error messages
     self.directory = _absolute(directory)
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep_last, keep_period=keep_every, cleanup_tmp_directories=True,
@@ -200,6 +207,10 @@ class Checkpointer:
     self._manager.reload()
     return sorted(self._manager.all_steps())
 
+  def due(self, step: int, force: bool = False) -> bool:
+    """Whether :meth:`save` would start a save of ``step``."""
+    return bool(force or step % self.save_every == 0) and step not in self._manager.all_steps()
+
   def save(self, step: int, state, data_position: int, force: bool = False) -> bool:
     """Starts an async save of ``state`` if ``step % save_every == 0`` or ``force``.
 
@@ -208,15 +219,31 @@ class Checkpointer:
     one). Every process must call it (it runs a small SPMD computation for the checksums).
     """
     step = int(step)
-    if (step % self.save_every and not force) or step in self._manager.all_steps():
+    if not self.due(step, force):
       return False
     # Wait for the computation that produced ``state``: the checksums run as another program,
     # and overlapping collective programs can deadlock XLA:CPU with several devices per process.
     jax.block_until_ready(state)
     meta = {"format": FORMAT, "step": step, "data_position": int(data_position),
             "arrays": _describe(state)}
-    return self._manager.save(step, force=True, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+    with self._reporting():   # also raises the failure of the previous async save
+      started = self._manager.save(step, force=True, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+    self._started = step
+    return started
+
+  @contextlib.contextmanager
+  def _reporting(self):
+    """Turns a failed save into a :class:`SaveError` that says what is on disk and what to do."""
+    try:
+      yield
+    except Exception as e:  # noqa: BLE001 - orbax and TensorStore raise many types
+      first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+      done = sorted(self._manager.all_steps())
+      raise SaveError(
+          f"saving checkpoint step {self._started} in {self.directory} failed: {first[:400]}. "
+          f"Complete steps on disk: {done or 'none'}. Free space or restore the folder, then run "
+          f"the same command again: it resumes from the newest good step") from e
 
   def restore(self, target):
     """``(step, state, data_position)`` from the newest good step, or None if none restores.
@@ -274,10 +301,12 @@ class Checkpointer:
 
   def wait(self):
     """Blocks until the pending async save (if any) is on disk."""
-    self._manager.wait_until_finished()
+    with self._reporting():
+      self._manager.wait_until_finished()
 
   def close(self):
-    self._manager.close()
+    with self._reporting():
+      self._manager.close()
 
   def __enter__(self):
     return self

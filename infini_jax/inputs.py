@@ -13,11 +13,16 @@ import numpy as np
 
 @dataclasses.dataclass(frozen=True)
 class SyntheticData:
-  """Uniform random tokens; batch k depends only on (seed, k), whatever the number of processes."""
+  """Uniform random tokens; batch k depends only on (seed, k), whatever the number of processes.
+
+  ``poison_batches``: positions of train batches whose loss mask is NaN, a divergence injected
+  on purpose (fault-injection tests and drills of ``train.on_divergence``).
+  """
   batch_size: int = 8
   seq_len: int = 1024
   segment_len: int = 256
   seed: int = 0
+  poison_batches: tuple = ()
 
 
 class SyntheticPipeline:
@@ -41,9 +46,10 @@ class SyntheticPipeline:
     rng = np.random.default_rng([self.cfg.seed, self.stream, self.position])
     tokens = rng.integers(0, self.vocab_size, (self.cfg.batch_size, self.cfg.seq_len + 1),
                           dtype=np.int32)[self.rows]
-    self.position += 1
     ones = np.ones(tokens[:, 1:].shape, np.float32)
-    return {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "loss_mask": ones,
+    mask = ones * np.nan if self.stream == 0 and self.position in self.cfg.poison_batches else ones
+    self.position += 1
+    return {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "loss_mask": mask,
             "memory_weight": ones}
 
   def next_global(self, sharding=None) -> dict:

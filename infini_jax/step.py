@@ -115,11 +115,12 @@ def build(cfg: ModelConfig, tx: optax.GradientTransformation, mesh, rules, globa
     weight = jnp.maximum(sums["weight"], 1.0)
     grads = jax.tree.map(lambda g: g / weight, grads)
     updates, opt_state = tx.update(grads, state["opt_state"], params)
-    new_state = {"params": optax.apply_updates(params, updates), "opt_state": opt_state,
-                 "step": state["step"] + 1}
+    new_params = optax.apply_updates(params, updates)
+    new_state = {"params": new_params, "opt_state": opt_state, "step": state["step"] + 1}
+    # param_norm is that of the new state, so a finite one vouches for the state a save writes.
     metrics = {"loss": sums["nll"] / weight, "z_loss": sums["z"] / weight,
                "loss_weight": sums["weight"], "grad_norm": optax.tree.norm(grads),
-               "param_norm": optax.tree.norm(params)}
+               "param_norm": optax.tree.norm(new_params)}
     if schedule is not None:
       metrics["learning_rate"] = schedule(state["step"])
     if cfg.memory == "infini":

@@ -14,16 +14,12 @@ import threading
 import jax
 import numpy as np
 
-from infini_jax import checkpoint, distributed, flops, optim, sharding, step
+from infini_jax import checkpoint, distributed, divergence, flops, optim, sharding, step
 from infini_jax.inputs import make_pipeline
 from infini_jax.model import ModelConfig
 from infini_jax.progress import Progress
 
 log = logging.getLogger("infini_jax")
-
-
-class NonFiniteLoss(RuntimeError):
-  """The loss became NaN or infinite; the run stops and keeps its last good checkpoint."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,7 +39,9 @@ def train(*, model: ModelConfig, optimizer: optim.OptimizerConfig, data, model_d
           grad_accum_steps: int = 1, checkpoint_every: int = 1000, keep_checkpoints: int = 3,
           keep_every: int | None = None, log_every: int = 10, eval_every: int = 0,
           eval_data=None, eval_batches: int = 8, init_from: str | None = None,
-          peak_flops_per_device: float | None = None) -> dict:
+          peak_flops_per_device: float | None = None, on_divergence: str = "stop",
+          spike_factor: float | None = None, spike_window: int = 100,
+          max_rewinds: int = 3) -> dict:
   """Trains ``model`` for ``steps`` updates; returns the last logged train and eval scalars.
 
   Args:
@@ -54,7 +52,15 @@ def train(*, model: ModelConfig, optimizer: optim.OptimizerConfig, data, model_d
     init_from: continual pretraining: a checkpoint directory of another run (only its params are
       read; missing ones are initialised and listed), or "hf:DIR" for Hugging Face weights.
     peak_flops_per_device: the chip's peak for MFU; None reads it from the device kind.
+    on_divergence: when a step's loss, gradient norm or new parameters are not finite, or its
+      loss spikes (``spike_factor`` times the mean of the last ``spike_window`` losses; None: no
+      spike check): "stop" raises ``divergence.Diverged``; "rewind" restores the newest
+      checkpoint and goes on with the data after the bad step (at most ``max_rewinds`` times).
+      Either way no checkpoint ever holds a diverged state.
   """
+  if on_divergence not in divergence.ACTIONS:
+    raise ValueError(f"train.on_divergence={on_divergence!r}; expected one of "
+                     f"{', '.join(map(repr, divergence.ACTIONS))}")
   distributed.initialize()
   os.makedirs(model_dir, exist_ok=True)
   if data.segment_len != model.segment_len:
@@ -82,49 +88,100 @@ def train(*, model: ModelConfig, optimizer: optim.OptimizerConfig, data, model_d
                         (flops.train_flops_per_token(model, True),
                          flops.train_flops_per_token(model, False)),
                         flops.peak_flops_per_device(peak_flops_per_device))
-    stop = threading.Event()
-    uninstall = checkpoint.install_preemption_handler(stop.set) if _main_thread() else None
-    last, preempted = {}, False
+    guard = divergence.Guard(spike_factor, spike_window)
+    preemption = Preemption()
+    last, rewinds = {}, 0
     try:
       pending = None   # metrics are read back one step late, so dispatch stays asynchronous
-      for current in range(start, steps):
+      current = start
+      while current < steps:
         state, metrics = fns.train(state, pipeline.next_global(fns.batch_sharding))
-        if pending is not None:
-          last.update(_report(progress, *pending, log_every, steps))
-        pending = (current + 1, metrics)
-        preempted = _agree(stop.is_set())
-        ckpt.save(current + 1, state, pipeline.position, force=preempted)
-        if eval_every and (current + 1) % eval_every == 0:
+        done = current + 1
+        problem = _judge(guard, progress, *pending, log_every, steps, last) if pending else None
+        pending = (done, metrics)
+        preempted = preemption.reached(done)
+        if problem is None and ckpt.due(done, force=preempted or done == steps):
+          # The state about to be saved was made by this step: read its metrics now (the one
+          # host sync of a save step) and save only a good state.
+          problem = _judge(guard, progress, *pending, log_every, steps, last)
+          pending = None
+          if problem is None:
+            ckpt.save(done, state, pipeline.position, force=True)
+        if problem is not None:
+          at_step, reason = problem
+          if on_divergence == "stop" or rewinds >= max_rewinds:
+            progress.log_event(at_step, event="diverged", error=reason)
+            raise divergence.Diverged(_stop_message(at_step, reason, ckpt, on_divergence,
+                                                    rewinds))
+          rewinds += 1
+          state = pending = None    # frees the diverged state before the restore
+          state, current = _rewind(ckpt, fns, pipeline, progress, at_step, reason, rewinds)
+          continue
+        if eval_every and done % eval_every == 0:
           last.update(evaluate(fns, state, eval_data or data, model.vocab_size, eval_batches,
-                               progress, current + 1))
+                               progress, done))
+        current = done
         if preempted:
-          log.warning("preempted: saved step %d, exiting", current + 1)
-          progress.log_event(current + 1, event="preempted")
+          log.warning("preempted: saved step %d, exiting", done)
+          progress.log_event(done, event="preempted")
           break
-      if pending is not None:
-        last.update(_report(progress, *pending, 1, steps))
-      if not preempted and steps > start:
-        ckpt.save(steps, state, pipeline.position, force=True)
-        if eval_every and steps % eval_every:
-          last.update(evaluate(fns, state, eval_data or data, model.vocab_size, eval_batches,
-                               progress, steps))
+      if pending is not None and _judge(guard, progress, *pending, 1, steps, last):
+        raise divergence.Diverged(f"step {pending[0]} diverged; it was not saved")
+      if current == steps > start and eval_every and steps % eval_every:
+        last.update(evaluate(fns, state, eval_data or data, model.vocab_size, eval_batches,
+                             progress, steps))
     finally:
       ckpt.close()
       progress.close()
-      if uninstall:
-        uninstall()
+      preemption.close()
   return last
 
 
-def _report(progress: Progress, at_step: int, metrics: dict, log_every: int, steps: int) -> dict:
+def _judge(guard: divergence.Guard, progress: Progress, at_step: int, metrics: dict,
+           log_every: int, steps: int, last: dict):
+  """Reads back the metrics of the step that produced ``at_step``; ``(at_step, reason)`` if that
+  step diverged, else None (and the metrics are logged when due)."""
   host = jax.device_get(metrics)
-  if not np.isfinite(host["loss"]):
-    progress.log_event(at_step, event="failed", error="non-finite loss")
-    raise NonFiniteLoss(f"loss is {host['loss']} at step {at_step}; the last good checkpoint "
-                        f"is kept. Lower the learning rate or check the data.")
+  reason = guard.check(host)
+  if reason is not None:
+    log.warning("step %d diverged: %s", at_step, reason)
+    return at_step, reason
   if at_step % log_every == 0 or at_step == steps:
-    return progress.log_train(at_step, host)
-  return {}
+    last.update(progress.log_train(at_step, host))
+  return None
+
+
+def _rewind(ckpt: checkpoint.Checkpointer, fns: step.StepFns, pipeline, progress: Progress,
+            at_step: int, reason: str, count: int):
+  """Restores the newest checkpoint (all are good: see the save step above); the batches
+  consumed since it are skipped, not replayed. Returns ``(state, its step)``."""
+  ckpt.wait()
+  restored = ckpt.restore(fns.abstract_state)
+  if restored is None:
+    progress.log_event(at_step, event="diverged", error=reason)
+    raise divergence.Diverged(f"step {at_step} diverged ({reason}) before the first checkpoint: "
+                              f"nothing to rewind to. Lower the learning rate, or save earlier "
+                              f"with train.checkpoint_every")
+  good_step, state, position = restored
+  skipped = pipeline.position - position
+  log.warning("rewind %d: step %d diverged (%s); back to step %d, skipping the %d batches "
+              "consumed since", count, at_step, reason, good_step, skipped)
+  progress.log_event(at_step, event="rewind", reason=reason, to_step=good_step,
+                     skipped_batches=skipped, rewinds=count)
+  return state, good_step
+
+
+def _stop_message(at_step: int, reason: str, ckpt: checkpoint.Checkpointer, on_divergence: str,
+                  rewinds: int) -> str:
+  steps = ckpt.all_steps()
+  kept = (f"the newest checkpoint, step {steps[-1]}, is good" if steps
+          else "no checkpoint was saved")
+  if on_divergence == "rewind":
+    fix = f"it diverged again after {rewinds} rewinds (train.max_rewinds)"
+  else:
+    fix = "set train.on_divergence='rewind' to go back to the last checkpoint and skip the data"
+  return (f"step {at_step} diverged: {reason}; {kept}. Lower the learning rate, clip gradients "
+          f"(OptimizerConfig.clip_norm) or check the data; {fix}")
 
 
 def evaluate(fns: step.StepFns, state, data, vocab_size: int, batches: int,
@@ -169,16 +226,29 @@ def _overlay(fresh: dict, loaded: dict) -> dict:
           for k, v in fresh.items()}
 
 
-def _agree(flag: bool) -> bool:
-  """True on every process if it is True on any (a signal may reach only some hosts)."""
-  if jax.process_count() == 1:
-    return flag
-  from jax.experimental import multihost_utils
-  return bool(np.any(multihost_utils.process_allgather(np.asarray(flag))))
+class Preemption:
+  """Whether the run must save and stop at a step, after a SIGTERM reached any process.
 
+  One process: our own SIGTERM handler sets a flag (installed from the main thread only). Several:
+  JAX's preemption sync manager, which jax.distributed starts and which hears SIGTERM itself,
+  names the same step on every process without a collective per step.
+  """
 
-def _main_thread() -> bool:
-  return threading.current_thread() is threading.main_thread()
+  def __init__(self):
+    self._flag = threading.Event()
+    self._uninstall = None
+    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+      self._uninstall = checkpoint.install_preemption_handler(self._flag.set)
+
+  def reached(self, step: int) -> bool:
+    if jax.process_count() == 1:
+      return self._flag.is_set()
+    from jax.experimental import multihost_utils
+    return multihost_utils.reached_preemption_sync_point(step)
+
+  def close(self):
+    if self._uninstall:
+      self._uninstall()
 
 
 def main(argv=None):
