@@ -1,4 +1,4 @@
-"""Evaluation, the memory probe and decoding on 8 devices: parameters restored sharded, same numbers.
+"""Evaluation, the memory probe and decoding on 8 devices: params restored sharded, same numbers.
 
 The same random checkpoint is evaluated in this process (one device) and in a subprocess with 8
 fake CPU devices on a 4 (fsdp) x 2 (tensor) mesh; eval_ppl's per-segment losses, eval_passkey's
