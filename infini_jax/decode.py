@@ -10,6 +10,10 @@ prompt or the generation is, and the logits equal those of one forward pass over
 Sequences in a batch may have different lengths: prompts are right-padded and carry their own
 ``lengths``; every sequence keeps its own place in its segment (``DecodeState.pos``), so segment
 boundaries stay where the model put them in training.
+
+A model whose parameters are sharded (``evaluation.load``) runs sharded: inside
+``sharding.activate(mesh, rules)`` the state is constrained by logical names, its batch over the
+mesh axes of "batch" and its key/value heads over those of "kv_heads", as in training.
 """
 
 from typing import NamedTuple
@@ -22,6 +26,7 @@ from flax import nnx
 from infini_jax import memory as mem
 from infini_jax.model.attention import local_attention
 from infini_jax.model.transformer import InfiniTransformer, stack_layers
+from infini_jax.sharding import constrain
 
 
 class DecodeState(NamedTuple):
@@ -63,6 +68,20 @@ def init_state(model: InfiniTransformer, batch: int) -> DecodeState:
   cache = jnp.zeros(shape, cfg.compute_dtype)
   return DecodeState(stack_layers(model.init_memory(batch)), cache, cache,
                      jnp.zeros((batch,), jnp.int32))
+
+
+_CACHE_AXES = ("layers", "batch", "seq", "kv_heads", "head_dim")
+_MEMORY_AXES = mem.Memory(M=("layers", "batch", "kv_heads", "head_dim", None),
+                          z=("layers", "batch", "kv_heads", "head_dim"))
+
+
+def _constrain_state(state: DecodeState) -> DecodeState:
+  """``state`` sharded by the logical names of its axes; a no-op without a mesh and rules."""
+  memory = state.memory
+  if memory is not None:
+    memory = mem.Memory(*map(constrain, memory, _MEMORY_AXES))
+  return DecodeState(memory, constrain(state.k, _CACHE_AXES), constrain(state.v, _CACHE_AXES),
+                     constrain(state.pos, ("batch",)))
 
 
 # ----------------------------------------------------------------------------- one layer
@@ -153,11 +172,13 @@ def _fold(model: InfiniTransformer, memory, k, v, complete: jax.Array):
 # ----------------------------------------------------------------------------- prefill, step
 
 
-def _prefill(model: InfiniTransformer, state: DecodeState, tokens, lengths):
+def _prefill(model: InfiniTransformer, state: DecodeState | None, tokens, lengths):
   """Scan over whole segments of the padded prompt; see :func:`prefill`."""
   cfg = model.cfg
   n = cfg.segment_len
   batch = tokens.shape[0]
+  # Made here, not passed in, so that an empty state is created in its shards.
+  state = _constrain_state(init_state(model, batch) if state is None else state)
 
   def segment_step(carry, _):
     i, state, last_logits = carry
@@ -179,7 +200,7 @@ def _prefill(model: InfiniTransformer, state: DecodeState, tokens, lengths):
   last_logits = jnp.zeros((batch, cfg.vocab_size), jnp.float32)
   (_, state, last_logits), _ = jax.lax.scan(segment_step, (0, state, last_logits), None,
                                             length=tokens.shape[1] // n)
-  return state, last_logits
+  return _constrain_state(state), last_logits
 
 
 def _decode_step(model: InfiniTransformer, state: DecodeState, tokens):
@@ -194,7 +215,7 @@ def _decode_step(model: InfiniTransformer, state: DecodeState, tokens):
   if memory is not None:
     memory = jax.lax.cond(jnp.any(complete), lambda: _fold(model, memory, k, v, complete),
                           lambda: memory)
-  return logits, DecodeState(memory, k, v, jnp.where(complete, 0, pos))
+  return logits, _constrain_state(DecodeState(memory, k, v, jnp.where(complete, 0, pos)))
 
 
 @jax.jit(static_argnums=0)
@@ -243,9 +264,7 @@ def prefill(model: InfiniTransformer, tokens: jax.Array, lengths: jax.Array | No
   if lengths.shape != (batch,) or (values is not None and not ((values >= 1) & (values <= length)).all()):
     raise ValueError(f"lengths {values if values is not None else lengths.shape} must be "
                      f"[batch={batch}] values in 1..{length}, the prompts' lengths before padding")
-  if state is None:
-    state = init_state(model, batch)
-  else:
+  if state is not None:
     positions = _concrete(state.pos)
     if positions is not None and positions.any():
       raise ValueError(f"prefill continues only from segment boundaries; the state is at positions "

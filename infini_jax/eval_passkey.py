@@ -184,8 +184,9 @@ def main(argv=None) -> dict:
   out = evaluation.last(own, "out") or evaluation.default_out(loaded.checkpoint)
   encode = evaluation.encoder(data_cfg)
   try:
-    result = evaluate(model, encode, lengths, depths, ints["samples"], ints["digits"],
-                      filler_text, ints["batch_size"], ints["chunk_segments"])
+    with loaded.sharded():
+      result = evaluate(model, encode, lengths, depths, ints["samples"], ints["digits"],
+                        filler_text, ints["batch_size"], ints["chunk_segments"])
   except ValueError as e:   # a length too short for the prompt
     raise cli.ConfigError(str(e)) from None
   cfg = model.cfg

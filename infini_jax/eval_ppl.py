@@ -31,7 +31,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from infini_jax import cli, evaluation, step
+from infini_jax import cli, evaluation, sharding, step
 from infini_jax.inputs import make_pipeline
 
 FLAGS = ("checkpoint", "segments", "batch_size", "batches", "baseline_checkpoint",
@@ -50,22 +50,33 @@ def held_out_data(data_cfg, segments: int, batch_size: int | None):
   return dataclasses.replace(data_cfg, **changes)
 
 
-def per_segment_sums(models, data_cfg, vocab_size: int, max_batches: int | None):
-  """Summed NLL and token counts ``[segments]`` of every model over the same held-out batches."""
+def per_segment_sums(runs, data_cfg, vocab_size: int, max_batches: int | None):
+  """Summed NLL and token counts ``[segments]`` of every run's model over the same held-out batches.
+
+  ``runs``: :class:`evaluation.Loaded`; each model reads the batches sharded over its own mesh.
+  """
   fns = []
-  for model in models:
-    graphdef, params = nnx.split(model)
-    fns.append((jax.jit(lambda p, b, g=graphdef: step.loss_sums(nnx.merge(g, p), b)), params))
+  for run in runs:
+    graphdef, params = nnx.split(run.model)
+    batch_sharding = sharding.named_sharding(
+        run.mesh, (data_cfg.batch_size, 1), ("batch", "seq"), run.rules,
+        "the evaluation batch (--batch_size, default the run's)")
+    loss = jax.jit(lambda p, b, g=graphdef: step.loss_sums(nnx.merge(g, p), b),
+                   out_shardings=sharding.replicated(run.mesh))
+    fns.append((loss, params, batch_sharding))
   pipeline = make_pipeline(data_cfg, "validation", vocab_size)
-  totals = [{"nll": 0.0, "weight": 0.0} for _ in models]
+  totals = [{"nll": 0.0, "weight": 0.0} for _ in runs]
   batches = 0
   while max_batches is None or batches < max_batches:
     try:
-      batch = pipeline.next_local()
+      local = pipeline.next_local()
     except StopIteration:
       break
-    for total, (fn, params) in zip(totals, fns):
-      sums = jax.device_get(fn(params, batch))
+    for run, total, (loss, params, batch_sharding) in zip(runs, totals, fns):
+      batch = {k: jax.make_array_from_process_local_data(batch_sharding, v)
+               for k, v in local.items()}
+      with run.sharded():
+        sums = jax.device_get(loss(params, batch))
       total["nll"] = total["nll"] + np.asarray(sums["nll"], np.float64)
       total["weight"] = total["weight"] + np.asarray(sums["weight"], np.float64)
     batches += 1
@@ -141,8 +152,7 @@ def main(argv=None) -> dict:
                             f"from {loaded.model.cfg.segment_len}: the buckets would not compare")
     runs.append(baseline)
   vocab_size = max(r.model.cfg.vocab_size for r in runs)
-  totals, batches = per_segment_sums([r.model for r in runs], data_cfg, vocab_size,
-                                     count("batches", None))
+  totals, batches = per_segment_sums(runs, data_cfg, vocab_size, count("batches", None))
   results = [dict(name=_name(r.model, r.step), checkpoint=r.checkpoint, step=r.step,
                   memory=r.model.cfg.memory, update_rule=r.model.cfg.update_rule,
                   nll_per_segment=t["nll"].tolist(), tokens_per_segment=t["weight"].tolist(),

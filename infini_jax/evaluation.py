@@ -10,6 +10,11 @@ needs only its directory.
 ``decode.prefill``, so one compiled program serves every length and memory use does not grow with
 it; :func:`score_continuation` then teacher-forces the expected continuation through
 ``decode.decode_step``.
+
+The parameters are restored sharded over the run's mesh by its logical-axis rules, as the trainer
+holds them (``train.mesh``, default all devices on ``fsdp``), so a model too large for one device
+is evaluated on several; run its computations inside ``with loaded.sharded():`` so that the
+model's activations are constrained by the same rules.
 """
 
 import dataclasses
@@ -21,16 +26,23 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from infini_jax import checkpoint, cli, decode, step
+from infini_jax import checkpoint, cli, decode, sharding, step
+from infini_jax.train import MeshConfig
 
 
 @dataclasses.dataclass
 class Loaded:
   """A model restored from a checkpoint, with the configuration it was read with."""
-  model: object          # InfiniTransformer
-  bound: dict            # gin's bindings of ``train`` (model, data, model_dir, ...)
+  model: object          # InfiniTransformer, its parameters sharded over ``mesh``
+  bound: dict            # gin's bindings of ``train`` (model, data, model_dir, mesh, ...)
   checkpoint: str        # the checkpoint directory the parameters came from
   step: int              # the checkpoint step
+  mesh: jax.sharding.Mesh
+  rules: tuple           # the logical-axis rules the parameters were sharded by
+
+  def sharded(self):
+    """The context in which jitted computations on the model run sharded like its parameters."""
+    return sharding.activate(self.mesh, self.rules)
 
 
 # ----------------------------------------------------------------------------- flags
@@ -132,14 +144,17 @@ def default_out(checkpoint_directory: str) -> str:
 # ----------------------------------------------------------------------------- models
 
 
-def restore_model(model_cfg, directory: str, step_number: int | None = None):
+def restore_model(model_cfg, directory: str, mesh: jax.sharding.Mesh, rules,
+                  step_number: int | None = None):
   """The model of ``model_cfg`` with the parameters of a checkpoint -> (model, restore report).
 
-  Every parameter of the model must be in the checkpoint (a config that differs from the run's
-  is an error, not a half-random model).
+  Each parameter is read straight into its shards over ``mesh`` (by its logical axes and
+  ``rules``), so no device ever holds more than its part. Every parameter of the model must be in
+  the checkpoint (a config that differs from the run's is an error, not a half-random model).
   """
   graphdef, abstract = step.abstract_model(model_cfg)
-  target = nnx.to_pure_dict(abstract)
+  target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                        nnx.to_pure_dict(abstract), sharding.param_shardings(abstract, mesh, rules))
   params, report = checkpoint.restore_params(directory, target, step_number)
   if report["missing"]:
     raise ValueError(f"checkpoint {report['directory']} lacks parameters {report['missing']}; "
@@ -150,11 +165,14 @@ def restore_model(model_cfg, directory: str, step_number: int | None = None):
 
 
 def load(argv_gin, checkpoint_flag: str | None = None) -> Loaded:
-  """Parses the gin flags and restores the newest good checkpoint (or ``checkpoint_flag``'s)."""
+  """Parses the gin flags and restores the newest good checkpoint (or ``checkpoint_flag``'s)
+  sharded over the run's mesh (``train.mesh``)."""
   bound = parse_gin(argv_gin, checkpoint_flag)
   directory = checkpoint_dir(checkpoint_flag, bound.get("model_dir"))
-  model, report = restore_model(bound["model"], directory)
-  return Loaded(model, bound, report["directory"], int(report["step"]))
+  mesh_cfg = bound.get("mesh", MeshConfig())
+  mesh = mesh_cfg.build()
+  model, report = restore_model(bound["model"], directory, mesh, mesh_cfg.rules)
+  return Loaded(model, bound, report["directory"], int(report["step"]), mesh, mesh_cfg.rules)
 
 
 def encoder(data_cfg):

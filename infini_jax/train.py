@@ -80,9 +80,10 @@ def train(*, model: ModelConfig, optimizer: optim.OptimizerConfig, data, model_d
       log.info("resuming from step %d (data position %d)", start, position)
     else:
       start, position = 0, 0
-      state = fns.init(jax.random.key(seed))
       if init_from:
-        state = _continue_from(init_from, state, fns, model)
+        state = _continue_from(init_from, jax.random.key(seed), fns, model)
+      else:
+        state = fns.init(jax.random.key(seed))
     pipeline = make_pipeline(data, "train", model.vocab_size, position)
     progress = Progress(model_dir, steps, data.batch_size * data.seq_len,
                         (flops.train_flops_per_token(model, True),
@@ -203,8 +204,14 @@ def evaluate(fns: step.StepFns, state, data, vocab_size: int, batches: int,
   return scalars
 
 
-def _continue_from(init_from: str, state: dict, fns: step.StepFns, model_cfg):
-  """Replaces the fresh params by those of another run (or HF weights); the optimizer starts anew."""
+def _continue_from(init_from: str, key: jax.Array, fns: step.StepFns, model_cfg) -> dict:
+  """The train state at step 0 with the params of another run (or HF weights); the optimizer
+  starts anew.
+
+  Parameters the other run lacks get their fresh initialisation from ``key``. Only they are
+  initialised, and no optimizer state exists until the new one is built: at the peak the devices
+  hold one set of params and one optimizer state.
+  """
   target = fns.abstract_state["params"]
   if init_from.startswith("hf:"):
     from infini_jax import convert
@@ -216,8 +223,16 @@ def _continue_from(init_from: str, state: dict, fns: step.StepFns, model_cfg):
       log.warning("init_from %s: %s parameters %s", init_from, what, ", ".join(report[what]))
   if report.get("missing"):
     log.warning("the missing parameters keep their fresh initialisation (per the model config)")
-  params = _overlay(state["params"], loaded)
-  return {"params": params, "opt_state": fns.init_opt(params), "step": state["step"]}
+  shardings = fns.state_shardings
+
+  def start(key, loaded):
+    fresh = fns.init(key)   # XLA drops what the outputs do not use: the optimizer state, ...
+    return {"params": _overlay(fresh["params"], loaded), "step": fresh["step"]}
+
+  # ... and the fresh values of the loaded params, which pass through donated, not copied.
+  state = jax.jit(start, out_shardings={"params": shardings["params"], "step": shardings["step"]},
+                  donate_argnums=1)(key, loaded)
+  return {**state, "opt_state": fns.init_opt(state["params"])}
 
 
 def _overlay(fresh: dict, loaded: dict) -> dict:

@@ -109,7 +109,8 @@ def main(argv=None) -> dict:
       ex = eval_passkey.prompt(encode, length, 0.0, digits, passkey.example_seed("eval", i))
       rows.append(np.concatenate([ex["tokens"], ex["answer"][:-1]]))
       spans.append(ex["key_sentence"])
-    share = np.median(key_share(model, np.stack(rows), spans), axis=0)   # [layers, heads]
+    with loaded.sharded():
+      share = np.median(key_share(model, np.stack(rows), spans), axis=0)   # [layers, heads]
     result["lengths"].append({"segments": n, "tokens": length, "share": share.tolist()})
     cells = "  ".join(f"L{l}H{h} {share[l, h]:.2e} [{gates[l, h]:.2f}]"
                       for l in range(share.shape[0]) for h in range(share.shape[1]))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from infini_jax import checkpoint, cli, decode, eval_passkey, evaluation
+from infini_jax import checkpoint, cli, decode, eval_passkey, evaluation, sharding
 from infini_jax.model import InfiniTransformer, ModelConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -72,7 +72,8 @@ def test_counts_take_binary_suffixes():
 
 
 def test_streamed_prefill_equals_one_prefill(run_dir):
-  model, _ = evaluation.restore_model(CFG, run_dir / "checkpoints")
+  model, _ = evaluation.restore_model(CFG, run_dir / "checkpoints", sharding.make_mesh(),
+                                      sharding.DEFAULT_RULES)
   tokens = np.random.default_rng(0).integers(3, 259, (2, 5 * SEG + 17))
   state, logits = evaluation.stream_prefill(model, tokens, chunk_segments=2)   # 3 chunks
   want_state, want = decode.prefill(model, tokens)
@@ -83,7 +84,8 @@ def test_streamed_prefill_equals_one_prefill(run_dir):
 
 def test_100k_token_prompts_run_in_bounded_memory(run_dir):
   """A 100K-token prompt costs no more memory than a 4K one: the prefill streams chunks."""
-  model, _ = evaluation.restore_model(CFG, run_dir / "checkpoints")
+  model, _ = evaluation.restore_model(CFG, run_dir / "checkpoints", sharding.make_mesh(),
+                                      sharding.DEFAULT_RULES)
   encode = evaluation.encoder(None)   # byte vocabulary
   run = lambda length: eval_passkey.evaluate(model, encode, [length], [("start", 0.0)], 2, 5)
   run(4096)                                                     # compiles; memory settles

@@ -215,6 +215,53 @@ def test_continual_pretraining_at_another_length_adds_gates(tmp_path):
   assert losses(tmp_path / "long")[1] < losses(tmp_path / "fresh")[1]
 
 
+def test_continual_pretraining_holds_one_optimizer_state_at_the_peak(tmp_path):
+  """While the new optimizer state is built, the devices hold the params and nothing else: no
+  fresh optimizer state and no second copy of the params (the loaded ones are donated)."""
+  import dataclasses
+  import jax
+  from flax import nnx
+  from infini_jax import checkpoint, optim, sharding, step, train
+  from infini_jax.model import InfiniTransformer, ModelConfig
+  cfg = ModelConfig(vocab_size=384, num_layers=2, d_model=32, num_heads=4, num_kv_heads=2,
+                    mlp_dim=64, segment_len=16)
+  base = nnx.to_pure_dict(nnx.state(InfiniTransformer(
+      dataclasses.replace(cfg, memory="none"), rngs=nnx.Rngs(1)), nnx.Param))   # lacks beta
+  with checkpoint.Checkpointer(tmp_path, 1) as ckpt:
+    ckpt.save(5, {"params": base}, 0, force=True)
+    ckpt.wait()
+  base = jax.device_get(base)
+  tx = optim.make_optimizer(optim.OptimizerConfig())
+  mesh = sharding.make_mesh()
+  fns = step.build(cfg, tx, mesh, sharding.DEFAULT_RULES, 4, 64)
+  nbytes = lambda tree: sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(tree))
+  params_bytes = nbytes(fns.abstract_state["params"])
+  opt_bytes = nbytes(fns.abstract_state["opt_state"])
+  assert opt_bytes >= 2 * params_bytes                          # AdamW's two moments
+  live_bytes = lambda: sum(a.nbytes for a in jax.live_arrays())
+  peak = {}
+
+  def init_opt(params):
+    peak["bytes"] = live_bytes() - before
+    return fns.init_opt(params)
+
+  before = live_bytes()
+  state = train._continue_from(str(tmp_path), jax.random.key(0),
+                               dataclasses.replace(fns, init_opt=init_opt), cfg)
+  assert params_bytes <= peak["bytes"] <= params_bytes + 64, (peak, params_bytes, opt_bytes)
+  fresh = fns.init(jax.random.key(0))
+  np.testing.assert_array_equal(state["params"]["blocks"]["attn"]["beta"],
+                                fresh["params"]["blocks"]["attn"]["beta"])
+  jax.tree.map(np.testing.assert_array_equal, state["params"]["blocks"]["mlp"],
+               base["blocks"]["mlp"])
+  np.testing.assert_array_equal(state["params"]["embed"]["embedding"], base["embed"]["embedding"])
+  jax.tree.map(np.testing.assert_array_equal, state["opt_state"], fresh["opt_state"])
+  assert int(state["step"]) == 0
+  assert jax.tree.structure(state) == jax.tree.structure(fns.abstract_state)
+  for array, wanted in zip(jax.tree.leaves(state), jax.tree.leaves(fns.state_shardings)):
+    assert array.sharding.is_equivalent_to(wanted, array.ndim), (array.sharding, wanted)
+
+
 def test_gate_multiplier_moves_gates_when_weights_barely_move(tmp_path):
   import jax
   from flax import nnx
