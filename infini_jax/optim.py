@@ -11,7 +11,8 @@ and weight decay, beta stays where it started.
 
 Parameters are picked by regular expressions searched in their '/'-joined key path, e.g.
 ``blocks/attn/beta``; the masks are computed from the pytree the optimizer is given (nested dicts or
-an ``nnx.State``), so ``make_optimizer`` needs no parameters up front.
+an ``nnx.State``). Given the (abstract) parameters up front, ``make_optimizer`` checks that every
+pattern picks something (:func:`check_patterns`), so a misspelt one stops the run at startup.
 """
 
 import dataclasses
@@ -26,6 +27,11 @@ log = logging.getLogger("infini_jax")
 
 NAMES = ("adamw", "adafactor")
 SCHEDULES = ("cosine", "linear", "rsqrt", "constant")
+# The defaults name kinds of parameters that not every model has (q/k/v biases ``b_q``... only with
+# qkv_bias, gates only with memory="infini"), so only patterns the user sets must match something.
+DEFAULT_GATE_PATTERN = "beta"
+DEFAULT_NO_DECAY_PATTERNS = ("norm", "scale", r"/b_\w+$", "beta")   # norms, biases, gates
+_SHOWN = 16   # parameter names an error lists (every one of our models' at most 16)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +53,8 @@ class OptimizerConfig:
     clip_norm: global-norm clipping of the gradients; None turns it off.
     gate_lr_multiplier: the gates' learning rate is ``learning_rate * gate_lr_multiplier``.
     gate_pattern: a leaf whose path matches this regex is a gate.
-    no_decay_patterns: leaves whose path matches any of these regexes get no weight decay.
+    no_decay_patterns: leaves whose path matches any of these regexes get no weight decay; the
+      default exempts the norms' scales, the biases (``b_q``, ``b_k``, ``b_v``) and the gates.
   """
   name: str = "adamw"
   learning_rate: float = 3e-4
@@ -61,8 +68,8 @@ class OptimizerConfig:
   weight_decay: float = 0.1
   clip_norm: float | None = 1.0
   gate_lr_multiplier: float = 100.0
-  gate_pattern: str = "beta"
-  no_decay_patterns: tuple[str, ...] = ("norm", "scale", "bias", "beta")
+  gate_pattern: str = DEFAULT_GATE_PATTERN
+  no_decay_patterns: tuple[str, ...] = DEFAULT_NO_DECAY_PATTERNS
 
   def __post_init__(self):
     # gin passes lists where a tuple is written in Python; keep the config hashable.
@@ -117,11 +124,11 @@ def make_optimizer(cfg: OptimizerConfig, params=None) -> optax.GradientTransform
   """The optax chain of ``cfg`` (see the module docstring for its order).
 
   ``params`` is optional: the masks are computed from whatever pytree ``init``/``update`` see. Given
-  one, the leaves picked as gates and as exempt from weight decay are logged, so a pattern that
-  matches nothing shows up before training.
+  one (abstract shapes do), :func:`check_patterns` runs first: a pattern that matches no parameter
+  raises, and the leaves picked as gates and as exempt from weight decay are logged.
   """
   if params is not None:
-    _log_masks(cfg, params)
+    check_patterns(cfg, params)
   gates = lambda tree: gate_mask(tree, cfg.gate_pattern)
   not_gates = lambda tree: jax.tree.map(lambda g: not g, gates(tree))
   parts = []
@@ -174,18 +181,28 @@ def path_name(path) -> str:
   return "/".join(names)
 
 
-def _log_masks(cfg: OptimizerConfig, params) -> None:
-  leaves = jax.tree_util.tree_flatten_with_path(params)[0]
-  names = [path_name(path) for path, _ in leaves]
-  gate_regex = re.compile(cfg.gate_pattern)
-  gate_names = [n for n in names if gate_regex.search(n)]
+def check_patterns(cfg: OptimizerConfig, params) -> None:
+  """Raises ValueError when ``gate_pattern`` or a ``no_decay_patterns`` entry set by the user
+  matches no leaf of ``params`` (a pytree, abstract or not), naming the pattern, the parameters
+  and the gin key; then logs which leaves are gates and which get no weight decay."""
+  names = [path_name(path) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+  matches = lambda pattern: [n for n in names if re.search(pattern, n)]
+  checked = [("gate_pattern", cfg.gate_pattern, (DEFAULT_GATE_PATTERN,), "correct it")] + [
+      ("no_decay_patterns", p, DEFAULT_NO_DECAY_PATTERNS, "correct or remove it")
+      for p in cfg.no_decay_patterns]
+  for key, pattern, defaults, fix in checked:
+    if pattern not in defaults and not matches(pattern):
+      shown = ", ".join(names[:_SHOWN]) + (f", ... ({len(names)} in all)"
+                                           if len(names) > _SHOWN else "")
+      raise ValueError(f"optimizer.{key}: {pattern!r} matches no parameter; the model's are "
+                       f"{shown}; {fix} (gin: OptimizerConfig.{key})")
+  gate_names = matches(cfg.gate_pattern)
   exempt = [n for n, d in zip(names, jax.tree.leaves(decay_mask(params, cfg.no_decay_patterns)))
             if not d]
   if not gate_names and cfg.gate_lr_multiplier != 1.0:
-    log.warning("optimizer.gate_pattern=%r matches no parameter; gate_lr_multiplier=%g has no "
-                "effect (fine for a model without memory)", cfg.gate_pattern,
-                cfg.gate_lr_multiplier)
-  log.info("optimizer %s: gates (lr x %g, no weight decay): %s; no weight decay: %s", cfg.name,
+    log.info("the model has no gates (%r matches nothing): gate_lr_multiplier=%g has no effect",
+             cfg.gate_pattern, cfg.gate_lr_multiplier)
+  log.info("optimizer %s: gates (lr x %g): %s; no weight decay: %s", cfg.name,
            cfg.gate_lr_multiplier, ", ".join(gate_names) or "none", ", ".join(exempt) or "none")
 
 

@@ -66,7 +66,7 @@ def train(*, model: ModelConfig, optimizer: optim.OptimizerConfig, data, model_d
   if data.segment_len != model.segment_len:
     raise ValueError(f"data segment_len {data.segment_len} differs from the model's "
                      f"{model.segment_len}; bind both to the macro SEGMENT_LEN")
-  tx = optim.make_optimizer(optimizer)
+  tx = optim.make_optimizer(optimizer, step.abstract_model(model)[1])   # checks its patterns
   schedule = optim.make_schedule(optimizer)
   device_mesh = mesh.build()
   with sharding.activate(device_mesh, mesh.rules):

@@ -7,11 +7,13 @@ Llama forward pass (RMSNorm, rotate-half RoPE with llama3 scaling, GQA, SwiGLU).
 """
 
 import ast
+import dataclasses
 import json
 import os
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import jax.numpy as jnp
 import ml_dtypes
@@ -189,20 +191,104 @@ def test_config_from_hf_reads_gqa_llama3_scaling_and_tying():
     llama.config_from_hf({**LLAMA, "rope_scaling": {"rope_type": "yarn", "factor": 2.0}})
 
 
-def test_cli_conversion_matches_numpy_llama(llama_dir, tmp_path):
+# What configs/continual/llama3_2_1b.gin sets for our own fields.
+RECIPE = {"segment_len": 2048, "memory": "infini", "update_rule": "delta", "gate_init": -6.0}
+
+
+def test_cli_conversion_matches_numpy_llama(llama_dir, tmp_path, caplog):
   hf_dir, tensors = llama_dir
   out = tmp_path / "ckpt"
-  convert.main([f"--from_hf={hf_dir}", f"--out={out}"])
+  with caplog.at_level("INFO", logger="infini_jax.convert"):
+    convert.main([f"--from_hf={hf_dir}", f"--out={out}"])   # no gin file: config.json + recipe
+  assert convert.recipe_settings() == RECIPE
+  assert convert.read_model_config(out) == llama.config_from_hf(LLAMA, **RECIPE)
+  # Every value is printed with its source, the gate's start as a share of the output.
+  assert "ModelConfig.num_kv_heads = 2   # config.json" in caplog.text
+  assert ("ModelConfig.gate_init = -6.0   # recipe continual/llama3_2_1b.gin; sigmoid(-6) = 0.25 % "
+          "of each output is the memory read at the start") in caplog.text
+  assert "ModelConfig.dtype = 'float32'   # ModelConfig default" in caplog.text
   cfg = llama.config_from_hf(LLAMA, segment_len=SEQ)
   params, report = restore_params(out, llama.abstract_params(cfg))
   assert report["missing"] == [] and report["extra"] == [] and report["step"] == 0
-  np.testing.assert_array_equal(params["blocks"]["attn"]["beta"], cfg.gate_init)
+  np.testing.assert_array_equal(params["blocks"]["attn"]["beta"], RECIPE["gate_init"])
   tokens = ids()
   want = hf_llama_logits(tensors, LLAMA, tokens)
   got = our_logits(params, cfg, tokens)
   np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
   # The llama3 scaling matters here, so a model that ignored it would fail the comparison.
   assert np.abs(hf_llama_logits(tensors, LLAMA, tokens, scaled_rope=False) - want).max() > 1e-2
+
+
+def test_gin_bindings_alone_override_config_json_and_the_recipe(llama_dir, tmp_path):
+  out = tmp_path / "ckpt"
+  with pytest.warns(UserWarning, match="rope_theta=20000.0 differs from the 10000.0"):
+    convert.main([f"--from_hf={llama_dir[0]}", f"--out={out}", "--gin.ModelConfig.segment_len=16",
+                  "--gin.ModelConfig.gate_init=-3.0", "--gin.ModelConfig.rope_theta=20000.0"])
+  cfg = convert.read_model_config(out)
+  assert cfg == llama.config_from_hf(LLAMA, **{**RECIPE, "segment_len": 16, "gate_init": -3.0,
+                                               "rope_theta": 20000.0})
+  params, _ = restore_params(out, llama.abstract_params(cfg))
+  np.testing.assert_array_equal(params["blocks"]["attn"]["beta"], -3.0)
+  # A size the weights do not have is still named.
+  with pytest.raises(SystemExit, match="ModelConfig.num_layers=3 does not match .* "
+                                       "num_hidden_layers=2"):
+    convert.main([f"--from_hf={llama_dir[0]}", f"--out={tmp_path / 'bad'}",
+                  "--gin.ModelConfig.num_layers=3"])
+
+
+def test_llama3_rope_scaling_missing_a_key_is_named():
+  scaling = {k: v for k, v in LLAMA["rope_scaling"].items() if k != "low_freq_factor"}
+  with pytest.raises(ValueError, match=r"config.json rope_scaling \(rope_type 'llama3'\) lacks "
+                                       r"low_freq_factor; .* copy them from the original"):
+    llama.config_from_hf({**LLAMA, "rope_scaling": scaling})
+  v5 = {k: v for k, v in LLAMA.items() if k not in ("rope_theta", "rope_scaling")}
+  v5["rope_parameters"] = {"rope_type": "llama3", "rope_theta": 1e4, "factor": 8.0}
+  with pytest.raises(ValueError, match="rope_parameters .* lacks high_freq_factor, "
+                                       "low_freq_factor, original_max_position_embeddings"):
+    llama.config_from_hf(v5)
+
+
+MISTRAL = {**LLAMA, "architectures": ["MistralForCausalLM"], "model_type": "mistral",
+           "rope_scaling": None, "sliding_window": 8}
+
+
+def test_sliding_window_shorter_than_the_segment_is_an_error(tmp_path):
+  hf_dir = write_hf(str(tmp_path / "mistral"), MISTRAL, random_hf_tensors(MISTRAL), shards=1)
+  with pytest.raises(ValueError, match=r"ModelConfig.segment_len=16 exceeds the sliding_window=8 "
+                                       r".* set ModelConfig.segment_len <= 8"):
+    llama.load_hf_params(hf_dir, llama.config_from_hf(MISTRAL, segment_len=16))
+  llama.load_hf_params(hf_dir, llama.config_from_hf(MISTRAL, segment_len=8))   # within: loads
+  # The command line: the recipe's segment of 2048 stops, a binding within the window converts.
+  with pytest.raises(SystemExit, match="segment_len=2048 exceeds the sliding_window=8"):
+    convert.main([f"--from_hf={hf_dir}", f"--out={tmp_path / 'a'}"])
+  convert.main([f"--from_hf={hf_dir}", f"--out={tmp_path / 'b'}",
+                "--gin.ModelConfig.segment_len=8"])
+  # Qwen2 stores a window that it does not use (use_sliding_window false).
+  qwen2 = {**QWEN2, "sliding_window": 8, "use_sliding_window": False}
+  qwen2_dir = write_hf(str(tmp_path / "qwen2"), qwen2, random_hf_tensors(qwen2), shards=1)
+  llama.load_hf_params(qwen2_dir, llama.config_from_hf(qwen2, segment_len=16))
+
+
+def test_tied_config_with_a_differing_stored_head_uses_the_head(tmp_path):
+  tensors = random_hf_tensors(LLAMA, seed=3, dtype=np.float32)
+  head = np.random.default_rng(4).normal(size=(96, 48)).astype(np.float32) / np.sqrt(48)
+  hf_dir = write_hf(str(tmp_path / "differs"), LLAMA, {**tensors, "lm_head.weight": head})
+  with pytest.warns(UserWarning, match="lm_head.weight that differs from model.embed_tokens."
+                                       "weight: using the stored head, as transformers does"):
+    params, _ = llama.load_hf_params(hf_dir)
+  untied, tokens = {**LLAMA, "tie_word_embeddings": False}, ids(3)   # the reference: stored head
+  want = hf_llama_logits({**tensors, "lm_head.weight": head}, untied, tokens)
+  got = our_logits(params, llama.config_from_hf(untied, segment_len=SEQ), tokens)
+  np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
+  assert np.abs(hf_llama_logits(tensors, LLAMA, tokens) - want).max() > 1.0   # tying would show
+  # A stored copy equal to the embedding changes nothing: tied, no warning.
+  copy_dir = write_hf(str(tmp_path / "copy"), LLAMA,
+                      {**tensors, "lm_head.weight": tensors["model.embed_tokens.weight"]})
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    assert llama.read_hf_config(copy_dir)["tie_word_embeddings"] is True
+    params, _ = llama.load_hf_params(copy_dir)
+  assert "unembed" not in params
 
 
 def test_qwen2_biases_and_untied_head_match_numpy(tmp_path):
@@ -321,9 +407,52 @@ def test_export_then_import_is_exact(llama_dir, tmp_path):
   ckpt, back = tmp_path / "ckpt", tmp_path / "back"
   convert.main([f"--from_hf={llama_dir[0]}", f"--out={ckpt}"])
   convert.main([f"--to_hf={back}", f"--checkpoint={ckpt}"])
-  direct, _ = llama.load_hf_params(llama_dir[0])
+  direct, _ = llama.load_hf_params(llama_dir[0], llama.config_from_hf(LLAMA, **RECIPE))
   for path, x in llama._flat(llama.load_hf_params(back)[0]).items():
     np.testing.assert_array_equal(np.asarray(x), np.asarray(llama._flat(direct)[path]))
+
+
+def transformers_config_warnings(config: dict) -> list:
+  """What transformers' config checks (4.x ``rope_config_validation``, 5.x ``validate_rope``) say
+  about an exported config.json, written out from their source."""
+  said = []
+  rope = config.get("rope_scaling")
+  if rope:
+    keys = {"rope_type", "factor", "original_max_position_embeddings", "low_freq_factor",
+            "high_freq_factor"}
+    if set(rope) != keys:
+      said.append(f"rope keys {sorted(set(rope) ^ keys)}")
+    for key in ("factor", "low_freq_factor", "high_freq_factor"):
+      if not isinstance(rope.get(key), float):
+        said.append(f"{key} must be a float")
+    if rope.get("factor", 0) < 1:
+      said.append("factor must be >= 1")
+    if rope.get("high_freq_factor", 0) <= rope.get("low_freq_factor", 0):
+      said.append("high_freq_factor must be greater than low_freq_factor")
+    original = rope.get("original_max_position_embeddings")
+    if not isinstance(original, int):
+      said.append("original_max_position_embeddings must be an integer")
+    elif original >= config["max_position_embeddings"]:
+      said.append("original_max_position_embeddings must be less than max_position_embeddings")
+  return said
+
+
+@pytest.mark.parametrize("source", [LLAMA, QWEN2])
+def test_exported_config_passes_transformers_checks(source, tmp_path):
+  # A gin-written scaling may hold floats where transformers wants an integer; Llama 3.2's
+  # original context (8192) is longer than its segment (2048), like 32 and SEQ here.
+  cfg = llama.config_from_hf(source, segment_len=SEQ)
+  if cfg.rope_scaling:
+    cfg = dataclasses.replace(cfg, rope_scaling={**dict(cfg.rope_scaling),
+                                                 "original_max_position_embeddings": 32.0})
+  config = llama.hf_config(cfg)
+  assert transformers_config_warnings(config) == []
+  assert config["max_position_embeddings"] == 2 ** 20 and cfg.segment_len == SEQ
+  assert config["model_type"] == source["model_type"]
+  # The check itself fails on what the export wrote before: max_position_embeddings = segment_len.
+  if cfg.rope_scaling:
+    assert transformers_config_warnings({**config, "max_position_embeddings": SEQ}) == [
+        "original_max_position_embeddings must be less than max_position_embeddings"]
 
 
 def test_gates_are_reported_unused_without_memory(llama_dir, tmp_path):

@@ -87,6 +87,66 @@ def test_weight_decay_only_on_kernels_and_embeddings():
   np.testing.assert_allclose(updates["embed"]["embedding"], -PEAK * 0.1 * 0.5, rtol=1e-6)
 
 
+def test_biases_get_no_weight_decay():
+  # Qwen2's q/k/v biases, [layers, heads, head_dim]: exempt like the norms (README: "biases").
+  params = toy_params()
+  params["blocks"]["attn"] |= {f"b_{p}": jnp.full((2, 4, 2), 0.5) for p in "qkv"}
+  zero = jax.tree.map(jnp.zeros_like, params)
+  updates = one_update(cfg(weight_decay=0.1), zero, params)
+  for p in "qkv":
+    assert not np.any(updates["blocks"]["attn"][f"b_{p}"]), p
+  np.testing.assert_allclose(updates["blocks"]["attn"]["w_q"], -PEAK * 0.1 * 0.5, rtol=1e-6)
+
+
+def model_params(**model):
+  from infini_jax import step
+  from infini_jax.model import ModelConfig
+  return step.abstract_model(ModelConfig(**model))[1]
+
+
+def test_default_masks_on_the_real_models_parameters():
+  params = model_params(qkv_bias=True)
+  names = [optim.path_name(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+  exempt = {n for n, decay in zip(names, jax.tree.leaves(
+      optim.decay_mask(params, optim.OptimizerConfig().no_decay_patterns))) if not decay}
+  assert exempt == {"blocks/attn/b_q", "blocks/attn/b_k", "blocks/attn/b_v", "blocks/attn/beta",
+                    "blocks/attn_norm/scale", "blocks/mlp_norm/scale", "final_norm/scale"}
+  gates = [n for n, g in zip(names, jax.tree.leaves(optim.gate_mask(params, "beta"))) if g]
+  assert gates == ["blocks/attn/beta"]
+
+
+@pytest.mark.parametrize("model", [{}, {"qkv_bias": True}, {"memory": "none"},
+                                   {"memory": "none", "qkv_bias": True}])
+def test_default_patterns_pass_on_every_model(model):
+  # A model without biases or gates is no error for the defaults, which name kinds of parameters.
+  optim.check_patterns(optim.OptimizerConfig(), model_params(**model))
+  optim.check_patterns(optim.OptimizerConfig(no_decay_patterns=["norm", "embed"]),
+                       model_params(**model))
+
+
+@pytest.mark.parametrize("key, value, pattern", [
+    ("gate_pattern", "betta", "'betta'"),
+    ("no_decay_patterns", ("norm", "nrom"), "'nrom'"),
+    ("no_decay_patterns", ("norm", "bias"), "'bias'"),   # our biases are named b_q, b_k, b_v
+])
+def test_a_pattern_that_matches_nothing_is_an_error(key, value, pattern):
+  with pytest.raises(ValueError) as error:
+    optim.make_optimizer(optim.OptimizerConfig(**{key: value}), model_params())
+  message = str(error.value)
+  assert f"optimizer.{key}: {pattern} matches no parameter" in message
+  assert "the model's are blocks/attn/beta, blocks/attn/w_k, " in message and "unembed" in message
+  assert f"(gin: OptimizerConfig.{key})" in message
+
+
+def test_train_checks_the_patterns_before_compiling(tmp_path):
+  from infini_jax import inputs, train
+  from infini_jax.model import ModelConfig
+  data = inputs.SyntheticData(batch_size=2, seq_len=32, segment_len=16)
+  with pytest.raises(ValueError, match="optimizer.gate_pattern: 'gates' matches no parameter"):
+    train.train(model=ModelConfig(segment_len=16), data=data, model_dir=str(tmp_path), steps=1,
+                optimizer=optim.OptimizerConfig(gate_pattern="gates"))
+
+
 def test_masks_by_path_work_on_nnx_state():
   from flax import nnx
 

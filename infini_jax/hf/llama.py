@@ -36,7 +36,7 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
-from infini_jax.model.config import ModelConfig
+from infini_jax.model.config import ROPE_SCALING_KEYS, ModelConfig
 
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
@@ -57,7 +57,11 @@ _SOFT_FIELDS = ("rope_theta", "rope_scaling", "norm_eps")
 GIN_FIELDS = ("vocab_size", "num_layers", "d_model", "num_heads", "num_kv_heads", "head_dim",
               "mlp_dim", "rope_theta", "rope_scaling", "norm_eps", "tie_embeddings", "qkv_bias")
 # Our own fields that export_hf stores under "infini_attention" in config.json.
-_INFINI_FIELDS = ("segment_len", "memory", "update_rule", "gate_init")
+INFINI_FIELDS = ("segment_len", "memory", "update_rule", "gate_init")
+# config.json's max_position_embeddings in an export: Infini-attention has no context limit (the
+# local attention never sees a position past the segment), and transformers wants a value above
+# the llama3 rope scaling's original_max_position_embeddings.
+EXPORT_MAX_POSITIONS = 1 << 20
 
 
 class MissingTensorError(ValueError):
@@ -73,12 +77,43 @@ class UnexpectedTensorError(ValueError):
 
 
 def read_hf_config(hf_dir) -> dict:
+  """``hf_dir``'s config.json as a dict, with ``tie_word_embeddings`` false where the weights
+  hold an ``lm_head.weight`` that differs from the embedding: transformers then uses the stored
+  head, and so do we (with a warning)."""
   path = os.path.join(os.fspath(hf_dir), "config.json")
   if not os.path.isfile(path):
     raise FileNotFoundError(f"{path} not found: --from_hf must be a Hugging Face model directory "
                             f"(config.json and *.safetensors)")
   with open(path) as f:
-    return json.load(f)
+    hf = json.load(f)
+  if hf.get("tie_word_embeddings") and _stored_head_differs(hf_dir):
+    warnings.warn(f"{path} has tie_word_embeddings=true, but the weights hold an lm_head.weight "
+                  f"that differs from model.embed_tokens.weight: using the stored head, as "
+                  f"transformers does (the model is untied: ModelConfig.tie_embeddings=False)")
+    hf = {**hf, "tie_word_embeddings": False}
+  return hf
+
+
+def _stored_head_differs(hf_dir, rows: int = 4096) -> bool:
+  """Whether ``lm_head.weight`` is stored and differs from the embedding (compared ``rows`` rows
+  at a time, stopping at the first difference)."""
+  head, embed = "lm_head.weight", "model.embed_tokens.weight"
+  with contextlib.ExitStack() as stack:
+    files = _SafetensorsDir(hf_dir, stack)
+    if head not in files.handle or embed not in files.handle:
+      return False
+    if files.shape(head) != files.shape(embed):
+      return True
+    n = files.shape(head)[0]
+    blocks = [(slice(i, min(i + rows, n)),) for i in range(0, n, rows)]
+    return any(not np.array_equal(files.get(head, b), files.get(embed, b)) for b in blocks)
+
+
+def _sliding_window(hf: dict) -> int | None:
+  """The attention window the weights were trained with (Mistral, Qwen2), None for full."""
+  if not hf.get("use_sliding_window", True):   # Qwen2 stores a window it does not use
+    return None
+  return hf.get("sliding_window")
 
 
 def _rope(hf: dict) -> tuple[float, tuple | None]:
@@ -93,13 +128,21 @@ def _rope(hf: dict) -> tuple[float, tuple | None]:
   if kind != "llama3":
     raise ValueError(f"rope scaling type {kind!r} in config.json is not supported (only 'llama3' "
                      f"and none); ModelConfig has no field for it")
-  keys = ("factor", "high_freq_factor", "low_freq_factor", "original_max_position_embeddings")
-  return theta, tuple((k, scaling[k]) for k in keys)
+  missing = [k for k in ROPE_SCALING_KEYS if k not in scaling]
+  if missing:
+    where = "rope_scaling" if hf.get("rope_scaling") else "rope_parameters"
+    raise ValueError(f"config.json {where} (rope_type 'llama3') lacks {', '.join(missing)}; "
+                     f"the llama3 scaling needs {', '.join(ROPE_SCALING_KEYS)}: copy them from the "
+                     f"original model's config.json")
+  return theta, tuple((k, scaling[k]) for k in ROPE_SCALING_KEYS)
 
 
-def config_from_hf(hf: dict, **overrides) -> ModelConfig:
-  """The ModelConfig that a Hugging Face ``config.json`` (as a dict) describes; ``overrides``
-  set our own fields (segment_len, memory, gate_init, dtype, ...)."""
+def config_from_hf(hf: dict, defaults: dict | None = None, **overrides) -> ModelConfig:
+  """The ModelConfig that a Hugging Face ``config.json`` (as a dict) describes.
+
+  Our own fields (segment_len, memory, update_rule, gate_init) come from its ``infini_attention``
+  (an export of ours), else from ``defaults``, else ModelConfig's; ``overrides`` set any field.
+  """
   model_type = hf.get("model_type")
   if model_type not in SUPPORTED_MODEL_TYPES:
     raise ValueError(f"config.json model_type={model_type!r} is not supported; use one of "
@@ -120,9 +163,8 @@ def config_from_hf(hf: dict, **overrides) -> ModelConfig:
       rope_theta=theta, rope_scaling=scaling, norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
       tie_embeddings=bool(hf.get("tie_word_embeddings", False)), qkv_bias=model_type == "qwen2")
   infini = hf.get("infini_attention") or {}        # present in what export_hf wrote
-  fields.update({k: infini[k] for k in _INFINI_FIELDS if k in infini})
-  fields.update(overrides)
-  return ModelConfig(**fields)
+  return ModelConfig(**{**(defaults or {}), **fields,
+                        **{k: infini[k] for k in INFINI_FIELDS if k in infini}, **overrides})
 
 
 def check_config(cfg: ModelConfig, hf: dict, where: str) -> None:
@@ -142,7 +184,10 @@ def check_config(cfg: ModelConfig, hf: dict, where: str) -> None:
 def hf_config(cfg: ModelConfig) -> dict:
   """config.json for ``cfg`` (Llama, or Qwen2 with q/k/v biases), our own fields under
   ``infini_attention``."""
-  scaling = None if cfg.rope_scaling is None else {"rope_type": "llama3", **dict(cfg.rope_scaling)}
+  scaling = None
+  if cfg.rope_scaling is not None:   # the types transformers' rope validation asks for
+    scaling = {"rope_type": "llama3", **{k: float(v) for k, v in cfg.rope_scaling}}
+    scaling["original_max_position_embeddings"] = int(scaling["original_max_position_embeddings"])
   return {
       "architectures": ["Qwen2ForCausalLM" if cfg.qkv_bias else "LlamaForCausalLM"],
       "model_type": "qwen2" if cfg.qkv_bias else "llama",
@@ -152,9 +197,8 @@ def hf_config(cfg: ModelConfig) -> dict:
       "hidden_act": "silu", "rms_norm_eps": cfg.norm_eps, "rope_theta": cfg.rope_theta,
       "rope_scaling": scaling, "tie_word_embeddings": cfg.tie_embeddings,
       "attention_bias": False, "mlp_bias": False, "torch_dtype": "float32",
-      # The local path never sees a position past the segment.
-      "max_position_embeddings": cfg.segment_len,
-      "infini_attention": {**{k: getattr(cfg, k) for k in _INFINI_FIELDS},
+      "max_position_embeddings": EXPORT_MAX_POSITIONS,
+      "infini_attention": {**{k: getattr(cfg, k) for k in INFINI_FIELDS},
                            "gate_tensor": GATE_TENSOR},
   }
 
@@ -377,9 +421,14 @@ def load_hf_params(hf_dir, cfg: ModelConfig | None = None, target: dict | None =
     cfg = config_from_hf(hf)
   else:
     check_config(cfg, hf, where)
-  if hf.get("sliding_window") and cfg.segment_len > hf["sliding_window"]:
-    warnings.warn(f"segment_len={cfg.segment_len} exceeds the sliding_window="
-                  f"{hf['sliding_window']} the weights were trained with")
+  window = _sliding_window(hf)
+  if window and cfg.segment_len > window:
+    raise ValueError(
+        f"ModelConfig.segment_len={cfg.segment_len} exceeds the sliding_window={window} of the "
+        f"weights in {where}: they were trained to attend to at most {window} tokens, so in a "
+        f"longer segment the logits would differ from the original model's; set "
+        f"ModelConfig.segment_len <= {window} (e.g. --gin.ModelConfig.segment_len={window}, or "
+        f"SEGMENT_LEN in a gin file)")
   if target is None:
     target = abstract_params(cfg, mesh, rules)
   flat_target = _flat(target)
@@ -450,7 +499,8 @@ Extra tensors (Infini-attention gates, not part of {arch}):
 
 `transformers` ignores these tensors (it warns that they are unused) and runs plain attention, which
 equals this model only on inputs of at most one segment ({segment_len} tokens) with the gates closed
-(beta = -inf). To continue training or run the memory, import the directory back with
+(beta = -inf). `max_position_embeddings` ({max_positions}) stands for the memory's unbounded
+context. To continue training or run the memory, import the directory back with
 `python -m infini_jax.convert --from_hf=THIS_DIR --out=CKPT` (bit for bit the same parameters).
 """
 
@@ -478,7 +528,8 @@ def export_hf(params: dict, cfg: ModelConfig, out_dir) -> None:
     json.dump(config, f, indent=2)
   with open(os.path.join(out_dir, "README.md"), "w") as f:
     f.write(_README.format(arch=config["architectures"][0], last=cfg.num_layers - 1,
-                           heads=cfg.num_heads, **{k: getattr(cfg, k) for k in _INFINI_FIELDS}))
+                           max_positions=EXPORT_MAX_POSITIONS,
+                           heads=cfg.num_heads, **{k: getattr(cfg, k) for k in INFINI_FIELDS}))
 
 
 def config_to_json(cfg: ModelConfig) -> str:
