@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from infini_jax import loss
 from infini_jax import memory as mem
 from infini_jax.model.attention import InfiniAttention
 from infini_jax.model.config import ModelConfig
@@ -79,12 +80,13 @@ class InfiniTransformer(nnx.Module):
     d = cfg.dim_per_head
     return tuple(mem.init_memory(batch, cfg.num_kv_heads, d, d) for _ in range(cfg.num_layers))
 
+  def unembedding(self) -> jax.Array:
+    """The output projection ``[d_model, vocab]`` float32 (the embedding transposed when tied)."""
+    return self.embed.embedding[...].T if self.cfg.tie_embeddings else self.unembed[...]
+
   def logits(self, h: jax.Array) -> jax.Array:
     """Final hidden states ``[batch, seq, d_model]`` -> float32 logits ``[batch, seq, vocab]``."""
-    if self.cfg.tie_embeddings:
-      return self.embed.attend(h)
-    return jnp.einsum("bsd,dv->bsv", h, self.unembed[...].astype(h.dtype),
-                      preferred_element_type=jnp.float32)
+    return loss.logits(h, self.unembedding())
 
   def run_layers(self, x: jax.Array, memory: mem.Memory | None,
                  write_weight: jax.Array | None = None):
