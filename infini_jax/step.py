@@ -105,8 +105,10 @@ def build(cfg: ModelConfig, tx: optax.GradientTransformation, mesh, rules, globa
     if grad_accum_steps == 1:
       grads, sums = sums_and_grads(params, batch)
     else:
+      # Micro-batch k is rows k, k + K, k + 2K, ...: each device keeps its own rows (a contiguous
+      # split would hand micro-batch k to a subset of the devices and reshard every micro-step).
       micro = jax.tree.map(
-          lambda x: x.reshape(grad_accum_steps, -1, *x.shape[1:]), batch)
+          lambda x: jnp.moveaxis(x.reshape(-1, grad_accum_steps, *x.shape[1:]), 1, 0), batch)
 
       def accumulate(acc, micro_batch):
         grads, sums = sums_and_grads(params, micro_batch)

@@ -125,6 +125,15 @@ def unstack_layers(memory: mem.Memory | None) -> LayerMemories:
   return tuple(mem.Memory(M, z) for M, z in zip(memory.M, memory.z))
 
 
+def constrain_memory(memory: mem.Memory | None) -> mem.Memory | None:
+  """Shards the stacked memory ``M [layers, batch, kv_heads, d, d]``, ``z [layers, batch, kv_heads,
+  d]`` by logical names: each device carries the memory of its own rows (and key/value heads)."""
+  if memory is None:
+    return None
+  return mem.Memory(M=constrain(memory.M, ("layers", "batch", "kv_heads", "head_dim", None)),
+                    z=constrain(memory.z, ("layers", "batch", "kv_heads", "head_dim")))
+
+
 def segment(x: jax.Array, index: jax.Array, segment_len: int) -> jax.Array:
   """Segment ``index`` of ``x [batch, segments * segment_len, ...]`` -> ``[batch, segment_len, ...]``.
 
@@ -173,10 +182,11 @@ def scan_segments(model: InfiniTransformer, tokens: jax.Array, memory: LayerMemo
     model = nnx.merge(graphdef, state)
     h = model.embed(segment_tokens, cfg.compute_dtype)
     h, carry = model.run_layers(constrain(h, ("batch", "seq", "embed")), carry, segment_weight)
-    return carry, head(model, model.final_norm(h), segment_extras)
+    return constrain_memory(carry), head(model, model.final_norm(h), segment_extras)
 
   if cfg.remat in _REMAT_SEGMENT:
     segment_step = jax.checkpoint(segment_step, prevent_cse=False)
-  carry, outputs = jax.lax.scan(lambda c, i: segment_step(state, c, i), stack_layers(memory),
+  carry, outputs = jax.lax.scan(lambda c, i: segment_step(state, c, i),
+                                constrain_memory(stack_layers(memory)),
                                 jnp.arange(seq_len // cfg.segment_len))
   return outputs, unstack_layers(carry)
