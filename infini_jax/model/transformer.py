@@ -126,8 +126,11 @@ def unstack_layers(memory: mem.Memory | None) -> LayerMemories:
 
 
 def constrain_memory(memory: mem.Memory | None) -> mem.Memory | None:
-  """Shards the stacked memory ``M [layers, batch, kv_heads, d, d]``, ``z [layers, batch, kv_heads,
-  d]`` by logical names: each device carries the memory of its own rows (and key/value heads)."""
+  """The stacked memory constrained by logical names, like the batch and the key/value heads.
+
+  ``M [layers, batch, kv_heads, d_key, d_value]``, ``z [layers, batch, kv_heads, d_key]``: each
+  device carries the memory of its own rows (and heads) from segment to segment.
+  """
   if memory is None:
     return None
   return mem.Memory(M=constrain(memory.M, ("layers", "batch", "kv_heads", "head_dim", None)),
