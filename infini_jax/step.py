@@ -3,7 +3,7 @@
 The state is a plain dict ``{"params", "opt_state", "step"}`` whose params are the model's nested
 dict of arrays (``nnx.to_pure_dict``), so checkpoints do not depend on Flax object layouts. The loss
 is computed segment by segment inside the segment scan: the logits of a whole long sequence are
-never materialised.
+never materialised, and with ``loss_chunk`` not even those of a whole segment (loss.py).
 """
 
 import dataclasses
@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from infini_jax import sharding
+from infini_jax import loss, sharding
 from infini_jax.model import InfiniTransformer, ModelConfig, scan_segments
 
 # "inputs", "targets" int32 [batch, seq]; "loss_mask" float32 [batch, seq]; optionally
@@ -25,20 +25,18 @@ BATCH_DTYPES = {"inputs": jnp.int32, "targets": jnp.int32, "loss_mask": jnp.floa
                 "memory_weight": jnp.float32}
 
 
-def loss_sums(model: InfiniTransformer, batch: Batch,
-              write_weight: jax.Array | None = None) -> dict:
+def loss_sums(model: InfiniTransformer, batch: Batch, write_weight: jax.Array | None = None,
+              chunk: int = 0) -> dict:
   """Per-segment sums ``[segments]`` of the masked NLL, of log Z^2 (z-loss) and of the weights.
 
   ``write_weight [batch, seq]``: each token's weight in the memory writes (None: ones).
+  ``chunk``: positions of a segment whose logits are computed at a time (0: the whole segment;
+  see ``loss.cross_entropy_sums``).
   """
 
   def head(model, h, extras):
     targets, mask = extras
-    logits = model.logits(h)                                           # [b, n, vocab] f32
-    log_z = jax.nn.logsumexp(logits, axis=-1)
-    target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-    return {"nll": jnp.sum((log_z - target_logit) * mask), "z": jnp.sum(log_z ** 2 * mask),
-            "weight": jnp.sum(mask)}
+    return loss.cross_entropy_sums(h, model.unembedding(), targets, mask, chunk)
 
   outputs, _ = scan_segments(model, batch["inputs"], None, head,
                              (batch["targets"], batch["loss_mask"]), write_weight)
@@ -66,10 +64,15 @@ def abstract_model(cfg: ModelConfig):
 
 
 def build(cfg: ModelConfig, tx: optax.GradientTransformation, mesh, rules, global_batch: int,
-          seq_len: int, *, z_loss: float = 0.0, grad_accum_steps: int = 1,
+          seq_len: int, *, z_loss: float = 0.0, grad_accum_steps: int = 1, loss_chunk: int = 0,
           schedule: Callable | None = None) -> StepFns:
-  """Builds the sharded, jitted init/train/eval functions for one configuration."""
+  """Builds the sharded, jitted init/train/eval functions for one configuration.
+
+  ``loss_chunk``: segment positions whose float32 logits are computed at a time, in the forward
+  and the backward pass (0: the whole segment); a divisor of ``cfg.segment_len``.
+  """
   cfg.num_segments(seq_len)
+  loss.check_chunk(loss_chunk, cfg.segment_len)
   if global_batch % grad_accum_steps:
     raise ValueError(f"global batch {global_batch} is not divisible by grad_accum_steps="
                      f"{grad_accum_steps}; change train.grad_accum_steps or the batch size")
@@ -93,7 +96,7 @@ def build(cfg: ModelConfig, tx: optax.GradientTransformation, mesh, rules, globa
   def sums_and_grads(params, batch):
     def objective(params):
       sums = jax.tree.map(jnp.sum, loss_sums(nnx.merge(graphdef, params), batch,
-                                             batch.get("memory_weight")))
+                                             batch.get("memory_weight"), loss_chunk))
       return sums["nll"] + z_loss * sums["z"], sums
     return jax.grad(objective, has_aux=True)(params)
 
@@ -102,8 +105,10 @@ def build(cfg: ModelConfig, tx: optax.GradientTransformation, mesh, rules, globa
     if grad_accum_steps == 1:
       grads, sums = sums_and_grads(params, batch)
     else:
+      # Micro-batch k is rows k, k + K, k + 2K, ...: each device keeps its own rows (a contiguous
+      # split would hand micro-batch k to a subset of the devices and reshard every micro-step).
       micro = jax.tree.map(
-          lambda x: x.reshape(grad_accum_steps, -1, *x.shape[1:]), batch)
+          lambda x: jnp.moveaxis(x.reshape(-1, grad_accum_steps, *x.shape[1:]), 1, 0), batch)
 
       def accumulate(acc, micro_batch):
         grads, sums = sums_and_grads(params, micro_batch)
@@ -128,7 +133,7 @@ def build(cfg: ModelConfig, tx: optax.GradientTransformation, mesh, rules, globa
     return new_state, metrics
 
   def evaluate(params, batch):
-    per_segment = loss_sums(nnx.merge(graphdef, params), batch)
+    per_segment = loss_sums(nnx.merge(graphdef, params), batch, chunk=loss_chunk)
     return {"nll": per_segment["nll"], "weight": per_segment["weight"]}   # [segments] each
 
   return StepFns(

@@ -36,12 +36,12 @@ class MeshConfig:
 
 def train(*, model: ModelConfig, optimizer: optim.OptimizerConfig, data, model_dir: str,
           steps: int, mesh: MeshConfig = MeshConfig(), seed: int = 0, z_loss: float = 0.0,
-          grad_accum_steps: int = 1, checkpoint_every: int = 1000, keep_checkpoints: int = 3,
-          keep_every: int | None = None, log_every: int = 10, eval_every: int = 0,
-          eval_data=None, eval_batches: int = 8, init_from: str | None = None,
-          peak_flops_per_device: float | None = None, on_divergence: str = "stop",
-          spike_factor: float | None = None, spike_window: int = 100,
-          max_rewinds: int = 3) -> dict:
+          grad_accum_steps: int = 1, loss_chunk: int = 0, checkpoint_every: int = 1000,
+          keep_checkpoints: int = 3, keep_every: int | None = None, log_every: int = 10,
+          eval_every: int = 0, eval_data=None, eval_batches: int = 8,
+          init_from: str | None = None, peak_flops_per_device: float | None = None,
+          on_divergence: str = "stop", spike_factor: float | None = None,
+          spike_window: int = 100, max_rewinds: int = 3) -> dict:
   """Trains ``model`` for ``steps`` updates; returns the last logged train and eval scalars.
 
   Args:
@@ -51,6 +51,8 @@ def train(*, model: ModelConfig, optimizer: optim.OptimizerConfig, data, model_d
       None: ``data``.
     init_from: continual pretraining: a checkpoint directory of another run (only its params are
       read; missing ones are initialised and listed), or "hf:DIR" for Hugging Face weights.
+    loss_chunk: segment positions whose logits are computed at a time (0: the whole segment);
+      with a big vocabulary, e.g. 512 keeps the float32 logits out of the largest temporaries.
     peak_flops_per_device: the chip's peak for MFU; None reads it from the device kind.
     on_divergence: when a step's loss, gradient norm or new parameters are not finite, or its
       loss spikes (``spike_factor`` times the mean of the last ``spike_window`` losses; None: no
@@ -71,7 +73,8 @@ def train(*, model: ModelConfig, optimizer: optim.OptimizerConfig, data, model_d
   device_mesh = mesh.build()
   with sharding.activate(device_mesh, mesh.rules):
     fns = step.build(model, tx, device_mesh, mesh.rules, data.batch_size, data.seq_len,
-                     z_loss=z_loss, grad_accum_steps=grad_accum_steps, schedule=schedule)
+                     z_loss=z_loss, grad_accum_steps=grad_accum_steps, loss_chunk=loss_chunk,
+                     schedule=schedule)
     ckpt = checkpoint.Checkpointer(os.path.join(model_dir, "checkpoints"), checkpoint_every,
                                    keep_checkpoints, keep_every)
     restored = ckpt.restore(fns.abstract_state)

@@ -45,6 +45,7 @@ def main(argv):
     opt_cfg = bound["optimizer"]
     fns = step.build(model, optim.make_optimizer(opt_cfg), mesh, mesh_cfg.rules, data.batch_size,
                      data.seq_len, grad_accum_steps=bound.get("grad_accum_steps", 1),
+                     loss_chunk=bound.get("loss_chunk", 0),
                      schedule=optim.make_schedule(opt_cfg))
     lowered = fns.train.lower(fns.abstract_state, fns.abstract_batch)
     t1 = time.perf_counter()

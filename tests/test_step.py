@@ -1,9 +1,12 @@
-"""The train step: masked loss and z-loss against numpy, and exact gradient accumulation."""
+"""The train step: masked loss and z-loss against numpy, exact gradient accumulation, chunked loss."""
+
+import dataclasses
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 from flax import nnx
 
 from infini_jax import optim, sharding, step
@@ -19,12 +22,20 @@ def batch(seed=0, b=4, t=32):
   return {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "loss_mask": mask}
 
 
-def build(accum=1, z_loss=0.0, tx=None):
+def build(accum=1, z_loss=0.0, tx=None, cfg=CFG, loss_chunk=0):
   mesh = sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])
   tx = tx or optim.make_optimizer(optim.OptimizerConfig(learning_rate=1e-2, warmup_steps=0))
   with sharding.activate(mesh, sharding.DEFAULT_RULES):
-    return step.build(CFG, tx, mesh, sharding.DEFAULT_RULES, 4, 32, z_loss=z_loss,
-                      grad_accum_steps=accum)
+    return step.build(cfg, tx, mesh, sharding.DEFAULT_RULES, 4, 32, z_loss=z_loss,
+                      grad_accum_steps=accum, loss_chunk=loss_chunk)
+
+
+def sgd_gradients(fns, data):
+  """(gradient, metrics) of one step from init: with SGD at rate 1 the update is -gradient."""
+  state = fns.init(jax.random.key(0))
+  init = jax.tree.map(np.array, state["params"])
+  new, metrics = fns.train(state, data)
+  return jax.tree.map(lambda n, o: o - np.asarray(n), new["params"], init), metrics
 
 
 def test_loss_and_z_loss_match_numpy_from_logits():
@@ -48,13 +59,9 @@ def test_accumulated_micro_batches_equal_one_step_on_the_whole_batch():
   # With SGD the update is -gradient: the accumulated gradient is compared directly (Adam's
   # first step, g / |g|, would magnify rounding in near-zero gradients).
   data = batch(seed=1)
-  init = build().init(jax.random.key(0))
-  init = jax.tree.map(np.asarray, init["params"])
   results = []
   for accum in (1, 2, 4):
-    fns = build(accum, tx=optax.sgd(1.0))
-    state, metrics = fns.train(fns.init(jax.random.key(0)), data)
-    grads = jax.tree.map(lambda new, old: old - np.asarray(new), state["params"], init)
+    grads, metrics = sgd_gradients(build(accum, tx=optax.sgd(1.0)), data)
     results.append((grads, metrics["loss"]))
   assert max(float(np.abs(g).max()) for g in jax.tree.leaves(results[0][0])) > 1e-3
   for grads, loss in results[1:]:
@@ -94,3 +101,25 @@ def test_train_reads_memory_weight_and_eval_ignores_it():
             for d in (data, uniform, skewed)]
   np.testing.assert_allclose(losses[1], losses[0], rtol=1e-5)
   assert abs(losses[2] - losses[0]) > 1e-4
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_chunked_loss_step_equals_whole_logits_step(tied):
+  cfg = dataclasses.replace(CFG, tie_embeddings=tied)
+  data = batch(seed=4)
+  whole, whole_metrics = sgd_gradients(build(z_loss=1e-2, tx=optax.sgd(1.0), cfg=cfg), data)
+  chunked_fns = build(z_loss=1e-2, tx=optax.sgd(1.0), cfg=cfg, loss_chunk=2)
+  chunked, chunked_metrics = sgd_gradients(chunked_fns, data)
+  unembedding = whole["embed"]["embedding"] if tied else whole["unembed"]
+  assert float(np.abs(unembedding).max()) > 1e-3
+  for key in ("loss", "z_loss"):
+    np.testing.assert_allclose(chunked_metrics[key], whole_metrics[key], rtol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), chunked, whole)
+  params = chunked_fns.init(jax.random.key(0))["params"]
+  np.testing.assert_allclose(chunked_fns.eval(params, data)["nll"],
+                             build(cfg=cfg).eval(params, data)["nll"], rtol=1e-6)
+
+
+def test_loss_chunk_must_divide_the_segment():
+  with pytest.raises(ValueError, match="loss chunk 3 does not divide the segment length 8"):
+    build(loss_chunk=3)

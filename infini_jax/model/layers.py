@@ -53,7 +53,7 @@ class SwiGLU(nnx.Module):
 
 
 class Embed(nnx.Module):
-  """Token embedding ``[vocab, d_model]``; ``attend`` reuses it as the output projection."""
+  """Token embedding ``[vocab, d_model]``; tied, the model reuses it as the output projection."""
 
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
     # Tied, the matrix is also the output projection: scale it so initial logits are O(1).
@@ -64,11 +64,6 @@ class Embed(nnx.Module):
   def __call__(self, tokens: jax.Array, dtype) -> jax.Array:
     """``tokens [batch, seq]`` int -> ``[batch, seq, d_model]``."""
     return jnp.take(self.embedding[...], tokens, axis=0).astype(dtype)
-
-  def attend(self, x: jax.Array) -> jax.Array:
-    """``x [batch, seq, d_model]`` -> float32 logits ``[batch, seq, vocab]``."""
-    return jnp.einsum("bsd,vd->bsv", x, self.embedding[...].astype(x.dtype),
-                      preferred_element_type=jnp.float32)
 
 
 def rope_inv_freq(head_dim: int, theta: float, scaling: tuple | None = None) -> jax.Array:

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from infini_jax import loss
 from infini_jax import memory as mem
 from infini_jax.model.attention import InfiniAttention
 from infini_jax.model.config import ModelConfig
@@ -79,12 +80,13 @@ class InfiniTransformer(nnx.Module):
     d = cfg.dim_per_head
     return tuple(mem.init_memory(batch, cfg.num_kv_heads, d, d) for _ in range(cfg.num_layers))
 
+  def unembedding(self) -> jax.Array:
+    """The output projection ``[d_model, vocab]`` float32 (the embedding transposed when tied)."""
+    return self.embed.embedding[...].T if self.cfg.tie_embeddings else self.unembed[...]
+
   def logits(self, h: jax.Array) -> jax.Array:
     """Final hidden states ``[batch, seq, d_model]`` -> float32 logits ``[batch, seq, vocab]``."""
-    if self.cfg.tie_embeddings:
-      return self.embed.attend(h)
-    return jnp.einsum("bsd,dv->bsv", h, self.unembed[...].astype(h.dtype),
-                      preferred_element_type=jnp.float32)
+    return loss.logits(h, self.unembedding())
 
   def run_layers(self, x: jax.Array, memory: mem.Memory | None,
                  write_weight: jax.Array | None = None):
@@ -121,6 +123,18 @@ def unstack_layers(memory: mem.Memory | None) -> LayerMemories:
   if memory is None:
     return ()
   return tuple(mem.Memory(M, z) for M, z in zip(memory.M, memory.z))
+
+
+def constrain_memory(memory: mem.Memory | None) -> mem.Memory | None:
+  """The stacked memory constrained by logical names, like the batch and the key/value heads.
+
+  ``M [layers, batch, kv_heads, d_key, d_value]``, ``z [layers, batch, kv_heads, d_key]``: each
+  device carries the memory of its own rows (and heads) from segment to segment.
+  """
+  if memory is None:
+    return None
+  return mem.Memory(M=constrain(memory.M, ("layers", "batch", "kv_heads", "head_dim", None)),
+                    z=constrain(memory.z, ("layers", "batch", "kv_heads", "head_dim")))
 
 
 def segment(x: jax.Array, index: jax.Array, segment_len: int) -> jax.Array:
@@ -171,10 +185,11 @@ def scan_segments(model: InfiniTransformer, tokens: jax.Array, memory: LayerMemo
     model = nnx.merge(graphdef, state)
     h = model.embed(segment_tokens, cfg.compute_dtype)
     h, carry = model.run_layers(constrain(h, ("batch", "seq", "embed")), carry, segment_weight)
-    return carry, head(model, model.final_norm(h), segment_extras)
+    return constrain_memory(carry), head(model, model.final_norm(h), segment_extras)
 
   if cfg.remat in _REMAT_SEGMENT:
     segment_step = jax.checkpoint(segment_step, prevent_cse=False)
-  carry, outputs = jax.lax.scan(lambda c, i: segment_step(state, c, i), stack_layers(memory),
+  carry, outputs = jax.lax.scan(lambda c, i: segment_step(state, c, i),
+                                constrain_memory(stack_layers(memory)),
                                 jnp.arange(seq_len // cfg.segment_len))
   return outputs, unstack_layers(carry)
