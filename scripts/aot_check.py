@@ -133,6 +133,8 @@ def main(argv) -> dict:
       "parameters": int(params), "segments": data.seq_len // model.segment_len,
       "global_batch": data.batch_size, "batch_per_device": data.batch_size / devices,
       "remat": model.remat, "attention_impl": impl,
+      # Pallas kernels (splash attention) are custom calls in the TPU program.
+      "pallas_kernels": compiled.as_text().count('custom_call_target="tpu_custom_call"'),
       "lower_s": t1 - t0, "compile_s": t2 - t1,
       "argument_gib": gib(mem.argument_size_in_bytes), "output_gib": gib(mem.output_size_in_bytes),
       "temp_gib": gib(mem.temp_size_in_bytes), "alias_gib": gib(mem.alias_size_in_bytes),
@@ -145,7 +147,7 @@ def main(argv) -> dict:
   print(f"{' '.join(files)} on {tpu or 'CPU'} ({devices} x {result['device_kind']}), mesh "
         f"{dict(mesh.shape)}: {params / 1e9:.2f}B parameters, {result['segments']} segments x "
         f"{model.segment_len}, global batch {data.batch_size}, remat {model.remat}, attention "
-        f"{impl}")
+        f"{impl} ({result['pallas_kernels']} Pallas kernels in the program)")
   print(f"  lower {result['lower_s']:.1f}s, compile {result['compile_s']:.1f}s")
   print(f"  per device: arguments {result['argument_gib']:.2f} GiB, outputs "
         f"{result['output_gib']:.2f} GiB (aliased {result['alias_gib']:.2f}), temporaries "

@@ -61,6 +61,7 @@ def test_compiles_for_a_v5p_slice_and_checks_the_fit(tmp_path):
   assert result["device_kind"] == "TPU v5" and result["devices"] == 4
   assert result["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1}
   assert result["attention_impl"] == "splash"                # "auto" on a TPU
+  assert result["pallas_kernels"] > 0                         # the splash kernels are compiled in
   assert result["argument_gib"] > 0 and result["temp_gib"] > 0
   assert 0 < result["peak_gib"] < 1 and result["capacity_gib"] == 95 and result["fits"] is True
   assert "fits: peak" in done.stdout
