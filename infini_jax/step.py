@@ -146,7 +146,7 @@ def build(cfg: ModelConfig, tx: optax.GradientTransformation, mesh, rules, globa
       state_shardings=state_shardings,
       abstract_state=jax.tree.map(
           lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-          jax.eval_shape(init, jax.random.key(0)), state_shardings),
+          jax.eval_shape(lambda: init(jax.random.key(0))), state_shardings),
       abstract_batch={k: jax.ShapeDtypeStruct((global_batch, seq_len), dtype,
                                               sharding=batch_sharding)
                       for k, dtype in BATCH_DTYPES.items()},

@@ -7,18 +7,90 @@ Shapes: ``x [batch, seg, d_model]``; ``q [batch, seg, heads, head_dim]``;
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.experimental.pallas.ops.tpu import splash_attention as splash
 
 from infini_jax import memory as mem
 from infini_jax.model.config import ModelConfig
 from infini_jax.model.layers import fan_in_init, param, rope
-from infini_jax.sharding import constrain
+from infini_jax.sharding import constrain, logical_to_spec
+
+# Splash tiles (query and key/value, forward and backward), largest first: the first that divides
+# the segment is used. The kernel needs multiples of 128 (one vector register's lanes).
+SPLASH_BLOCKS = (512, 256, 128)
+Q_AXES = ("batch", "seq", "heads", "head_dim")
+KV_AXES = ("batch", "seq", "kv_heads", "head_dim")
+
+
+def platform() -> str:
+  """The platform traced code is compiled for: the active mesh's devices', else the default."""
+  mesh = jax.sharding.get_abstract_mesh()
+  device = None if mesh.empty else mesh.abstract_device
+  return jax.default_backend() if device is None else device.platform
+
+
+def resolve_impl(impl: str, segment_len: int, dtype) -> str:
+  """``"auto"`` -> splash on TPU, cuDNN flash attention on GPU in 16-bit floats, else XLA.
+
+  On TPU a segment that is not a multiple of 128 (e.g. a short decode prefill) falls back to XLA.
+  Any other ``impl`` is returned as it is.
+  """
+  if impl != "auto":
+    return impl
+  target = platform()
+  if target == "tpu" and segment_len % SPLASH_BLOCKS[-1] == 0:
+    return "splash"
+  if target == "gpu" and dtype in (jnp.bfloat16, jnp.float16):
+    return "cudnn"
+  return "xla"
+
+
+def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array,
+                     interpret: bool | None = None) -> jax.Array:
+  """Causal attention with grouped key/value heads by the Pallas splash-attention kernel.
+
+  ``q [b, n, heads, d]``, ``k, v [b, n, kv_heads, d]`` -> ``[b, n, heads, d]``. ``interpret``
+  (None: when not compiling for a TPU) runs the kernel in Pallas' interpreter, on any platform.
+  Under a mesh the kernel runs inside ``shard_map`` on each device's batch rows and heads, as the
+  logical-axis rules shard them; the segment itself must not be sharded.
+  """
+  n, d = q.shape[1], q.shape[3]
+  block = next((b for b in SPLASH_BLOCKS if n % b == 0), None)
+  if block is None:
+    raise ValueError(f"splash attention tiles the segment in blocks of {SPLASH_BLOCKS[-1]}, but "
+                     f"segment_len {n} is not a multiple of {SPLASH_BLOCKS[-1]}; set SEGMENT_LEN to "
+                     f"a multiple of {SPLASH_BLOCKS[-1]} or attention_impl to 'xla'")
+  interpret = platform() != "tpu" if interpret is None else interpret
+  blocks = splash.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block,
+                             block_q_dkv=block, block_kv_dkv=block, block_kv_dkv_compute=block,
+                             block_q_dq=block, block_kv_dq=block)
+
+  def attend(q, k, v):                                            # one device's rows and heads
+    mask = splash.MultiHeadMask([splash.CausalMask((n, n))] * q.shape[2])
+    kernel = splash.make_splash_mha(mask, block_sizes=blocks, head_shards=1, q_seq_shards=1,
+                                    interpret=interpret)
+    heads_first = lambda x: x.swapaxes(0, 1)                      # [n, h, d] <-> [h, n, d]
+    one_row = lambda q, k, v: heads_first(kernel(heads_first(q), heads_first(k), heads_first(v)))
+    return jax.vmap(one_row)(q * jnp.asarray(d ** -0.5, q.dtype), k, v)   # splash does not scale
+
+  if jax.sharding.get_abstract_mesh().empty:
+    return attend(q, k, v)
+  q_spec, kv_spec = logical_to_spec(Q_AXES), logical_to_spec(KV_AXES)
+  if q_spec[1] is not None or kv_spec[1] is not None:
+    raise ValueError(f"splash attention needs the whole segment on each device, but the sharding "
+                     f"rules shard 'seq' over {q_spec[1] or kv_spec[1]}; map 'seq' to None")
+  return jax.shard_map(attend, in_specs=(q_spec, kv_spec, kv_spec), out_specs=q_spec,
+                       check_vma=False)(q, k, v)
 
 
 def local_attention(q: jax.Array, k: jax.Array, v: jax.Array, impl: str) -> jax.Array:
   """Causal softmax attention inside the segment (eq. 6), with grouped key/value heads.
 
-  ``q [b, n, heads, d]``, ``k, v [b, n, kv_heads, d]`` -> ``[b, n, heads, d]``.
+  ``q [b, n, heads, d]``, ``k, v [b, n, kv_heads, d]`` -> ``[b, n, heads, d]``. ``impl``: one of
+  ``config.ATTENTION_IMPLS`` (see :func:`resolve_impl` for "auto").
   """
+  impl = resolve_impl(impl, q.shape[1], q.dtype)
+  if impl == "splash":
+    return splash_attention(q, k, v)
   if impl == "reference":
     group = q.shape[2] // k.shape[2]
     k, v = (jnp.repeat(t, group, axis=2) for t in (k, v))

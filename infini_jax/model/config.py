@@ -6,7 +6,7 @@ import jax.numpy as jnp
 
 MEMORY_KINDS = ("infini", "none")
 REMAT_POLICIES = ("segment", "segment_and_layer", "none")
-ATTENTION_IMPLS = ("xla", "cudnn", "reference")
+ATTENTION_IMPLS = ("auto", "xla", "cudnn", "splash", "reference")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 ROPE_SCALING_KEYS = ("factor", "high_freq_factor", "low_freq_factor",
                      "original_max_position_embeddings")
@@ -28,8 +28,10 @@ class ModelConfig:
     gate_init: initial value of every gate beta (sigmoid(beta) is the weight of the memory read).
     remat: "segment" (recompute each segment in the backward pass), "segment_and_layer" (also each
       layer inside it), or "none".
-    attention_impl: local-path kernel: "xla" (jax.nn.dot_product_attention's XLA path), "cudnn"
-      (cuDNN flash attention, GPU only), or "reference" (plain einsum softmax).
+    attention_impl: local-path kernel: "auto" (splash on TPU, cudnn on GPU in 16-bit floats, else
+      xla), "xla" (jax.nn.dot_product_attention's XLA path), "cudnn" (cuDNN flash attention, GPU
+      only), "splash" (the Pallas splash-attention kernel: TPU; elsewhere in Pallas' interpreter,
+      slowly; segment_len a multiple of 128), or "reference" (plain einsum softmax).
     rope_theta: RoPE base frequency.
     norm_eps: RMSNorm epsilon.
     tie_embeddings: use the embedding matrix as the output projection.
@@ -51,7 +53,7 @@ class ModelConfig:
   dtype: str = "float32"
   gate_init: float = 0.0
   remat: str = "segment"
-  attention_impl: str = "xla"
+  attention_impl: str = "auto"
   rope_theta: float = 10_000.0
   norm_eps: float = 1e-6
   tie_embeddings: bool = False
