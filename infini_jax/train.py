@@ -14,7 +14,7 @@ import threading
 import jax
 import numpy as np
 
-from infini_jax import checkpoint, distributed, flops, optim, sharding, step
+from infini_jax import checkpoint, distributed, flops, optim, paths, sharding, step
 from infini_jax.inputs import make_pipeline
 from infini_jax.model import ModelConfig
 from infini_jax.progress import Progress
@@ -56,7 +56,7 @@ def train(*, model: ModelConfig, optimizer: optim.OptimizerConfig, data, model_d
     peak_flops_per_device: the chip's peak for MFU; None reads it from the device kind.
   """
   distributed.initialize()
-  os.makedirs(model_dir, exist_ok=True)
+  paths.makedirs(model_dir)
   if data.segment_len != model.segment_len:
     raise ValueError(f"data segment_len {data.segment_len} differs from the model's "
                      f"{model.segment_len}; bind both to the macro SEGMENT_LEN")
