@@ -107,6 +107,38 @@ def test_path_layer_in_a_bucket(gcs, tmp_path, monkeypatch):
   assert os.listdir(tmp_path) == []
 
 
+def test_sweep_summary_and_a_run_found_in_a_bucket(gcs, tmp_path, monkeypatch):
+  import gin
+  from infini_jax import cli, evaluation, sweep_summary
+  _, fs = gcs
+  monkeypatch.chdir(tmp_path)
+  sweep = f"gs://{BUCKET}/sweep"
+  run = f"{sweep}/lr_0.1"
+  fs.pipe({
+      f"{BUCKET}/sweep/sweep.json": json.dumps({
+          "runs": [{"name": "lr_0.1", "bindings": {"LEARNING_RATE": 0.1}, "steps": 2}],
+          "bindings": ["LEARNING_RATE"]}).encode(),
+      f"{BUCKET}/sweep/lr_0.1/metrics.jsonl":
+          b'{"step": 1, "kind": "train", "loss": 3.0}\n{"step": 2, "kind": "train", "loss": 2.5}\n',
+      f"{BUCKET}/sweep/lr_0.1/config.gin": b"TRAIN_STEPS = 2\n",
+      f"{BUCKET}/sweep/lr_0.1/checkpoints/2/commit_success.txt": b""})
+  [row] = sweep_summary.summarize(sweep, "train_loss")
+  assert (row["name"], row["status"], row["train_loss"]) == ("lr_0.1", "finished", 2.5)
+  written = {f[len(BUCKET) + 1:] for f in _objects(fs, f"{BUCKET}/sweep")}
+  assert {"sweep/results.csv", "sweep/results.md", "sweep/loss_curves.png"} <= written
+  assert "lr_0.1,0.1,finished,2,2.5" in fs.cat(f"{BUCKET}/sweep/results.csv").decode()
+  # What an evaluation given only --checkpoint=gs://... looks up, and gin reading the config there.
+  assert evaluation.checkpoint_dir(run, None) == f"{run}/checkpoints"
+  assert evaluation.run_config(f"{run}/checkpoints/2") == f"{run}/config.gin"
+  assert evaluation.default_out(f"{run}/checkpoints/2") == f"{run}/eval"
+  try:
+    cli.parse([f"{run}/config.gin"], [], [])
+    assert gin.query_parameter("%TRAIN_STEPS") == 2
+  finally:
+    gin.clear_config()
+  assert os.listdir(tmp_path) == []
+
+
 def test_appender_on_a_local_disk_appends(tmp_path):
   from infini_jax import paths
   for text in ("a\n", "b\n"):
