@@ -23,6 +23,7 @@ import sys
 
 import jax
 
+from infini_jax import paths
 from infini_jax.hf.llama import (MissingTensorError, UnexpectedTensorError, abstract_params,
                                  config_from_hf, config_from_json, config_to_json, export_hf,
                                  gin_bindings, load_hf_params, read_hf_config)
@@ -52,8 +53,7 @@ def convert(hf_dir, out_dir, cfg: ModelConfig | None = None, *, mesh=None, rules
     ckpt.save(0, {"params": params}, data_position=0, force=True)
     ckpt.wait()
   if jax.process_index() == 0:
-    with open(os.path.join(os.fspath(out_dir), MODEL_CONFIG_FILE), "w") as f:
-      f.write(config_to_json(cfg))
+    paths.write_text(os.path.join(os.fspath(out_dir), MODEL_CONFIG_FILE), config_to_json(cfg))
   return report
 
 
@@ -63,11 +63,10 @@ def export_checkpoint(checkpoint_dir, hf_dir, cfg: ModelConfig | None = None,
   from infini_jax.checkpoint import restore_params
   if cfg is None:
     path = os.path.join(os.fspath(checkpoint_dir), MODEL_CONFIG_FILE)
-    if not os.path.isfile(path):
+    if not paths.isfile(path):
       raise FileNotFoundError(f"{path} not found: pass the run's model config with --gin_file "
                               f"(e.g. {checkpoint_dir}/config.gin)")
-    with open(path) as f:
-      cfg = config_from_json(f.read())
+    cfg = config_from_json(paths.read_text(path))
   params, report = restore_params(checkpoint_dir, abstract_params(cfg), step=step)
   if report["missing"]:
     raise ValueError(f"checkpoint {checkpoint_dir} lacks parameters {report['missing']} of the "
