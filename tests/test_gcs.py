@@ -45,15 +45,15 @@ def gcs():
   address for gcsfs and TensorStore) is also set in this process, for the path layer's tests."""
   from gcp_storage_emulator.handlers import objects
   from gcp_storage_emulator.server import create_server
-  from gcsfs.core import GCSFileSystem   # the core client: no gRPC probe of the bucket type
   port = _free_port()
   url = f"http://127.0.0.1:{port}"
   env = {"STORAGE_EMULATOR_HOST": url, "TENSORSTORE_GCS_HTTP_URL": url,
          "GOOGLE_AUTH_TOKEN_FOR_TESTING": "fake", "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
   with pytest.MonkeyPatch.context() as mp:
     mp.setattr(objects, "download", _with_generation_headers(objects.download))
-    for k, v in env.items():
+    for k, v in env.items():   # before gcsfs is imported: it picks its class from them
       mp.setenv(k, v)
+    from gcsfs.core import GCSFileSystem   # the core client: no gRPC probe of the bucket type
     server = create_server("127.0.0.1", port, in_memory=True, default_bucket=BUCKET)
     server.start()
     try:
