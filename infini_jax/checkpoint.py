@@ -14,7 +14,6 @@ under multi-process each process contributes its own shards and all receive the 
 """
 
 import contextlib
-import os
 import signal
 import warnings
 
@@ -22,7 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
-from etils import epath
+
+from infini_jax import paths
 
 FORMAT = "infini_jax.checkpoint/1"
 _ITEMS = ("state", "meta")
@@ -137,13 +137,8 @@ def _cast(tree, target):
   return jax.tree.map(lambda x, t: x if x.dtype == t.dtype else x.astype(t.dtype), tree, target)
 
 
-def _absolute(directory) -> epath.Path:
-  d = os.fspath(directory)
-  return epath.Path(d if "://" in d else os.path.abspath(d))
-
-
 def _manager(directory, options) -> ocp.CheckpointManager:
-  return ocp.CheckpointManager(_absolute(directory), options=options, item_names=_ITEMS)
+  return ocp.CheckpointManager(paths.path(directory), options=options, item_names=_ITEMS)
 
 
 def _read_meta(manager, step) -> dict:
@@ -195,7 +190,7 @@ class Checkpointer:
                        f"{keep_every} must be positive (keep_every may be None)")
     self.save_every = save_every
     self._started = None   # the step of the newest save started, for error messages
-    self.directory = _absolute(directory)
+    self.directory = paths.path(directory)
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep_last, keep_period=keep_every, cleanup_tmp_directories=True,
         enable_async_checkpointing=async_save)
@@ -341,7 +336,7 @@ def restore_params(path_or_dir, target_params, step: int | None = None):
   str}`` with '/'-joined paths of parameters in the target but not the checkpoint (initialise
   them yourself) and in the checkpoint but not the target. A differing shape raises ValueError.
   """
-  root = _absolute(path_or_dir)
+  root = paths.path(path_or_dir)
   if (root / "meta").is_dir() and (root / "state").is_dir() and root.name.isdigit():
     root, step = root.parent, int(root.name)
   manager = _manager(root, ocp.CheckpointManagerOptions(read_only=True, create=False))

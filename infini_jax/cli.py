@@ -17,6 +17,8 @@ import sys
 
 import gin
 
+from infini_jax import paths
+
 _CONFIGURABLES = {}   # short name -> the gin-wrapped callable
 
 
@@ -37,6 +39,8 @@ def register() -> None:
   from gin import resource_reader
   gin.config._FILE_READERS[:] = [r for r in gin.config._FILE_READERS
                                  if r[0] is not resource_reader.system_path_reader]
+  # A run's config.gin in a bucket (what evaluation reads back when given only the run).
+  gin.config.register_file_reader(paths.open, lambda p: paths.is_bucket(p) and paths.isfile(p))
   from infini_jax import inputs, optim, sharding, train
   from infini_jax.data.config import DataConfig
   from infini_jax.model import ModelConfig
@@ -74,7 +78,7 @@ def split_flags(argv):
 def _find(path: str, search_paths) -> str:
   for root in ["", *search_paths]:
     candidate = os.path.join(root, path) if root else path
-    if os.path.isfile(candidate):
+    if paths.isfile(candidate):
       return candidate
   raise ConfigError(f"--gin_file={path}: no such file (looked in the current directory"
                     + (f" and {', '.join(search_paths)}" if search_paths else "")
@@ -128,9 +132,7 @@ def bindings_of(name: str) -> dict:
 def _write_config(model_dir: str, text: str) -> None:
   import jax
   if jax.process_index() == 0:
-    os.makedirs(model_dir, exist_ok=True)
-    with open(os.path.join(model_dir, "config.gin"), "w") as f:
-      f.write(text)
+    paths.write_text(os.path.join(model_dir, "config.gin"), text)
 
 
 def setup_logging() -> None:

@@ -29,6 +29,7 @@ import sys
 
 import jax
 
+from infini_jax import paths
 from infini_jax.hf.llama import (GIN_FIELDS, INFINI_FIELDS, MissingTensorError,
                                  UnexpectedTensorError, abstract_params, config_from_hf,
                                  config_from_json, config_to_json, export_hf, gin_bindings,
@@ -97,8 +98,7 @@ def convert(hf_dir, out_dir, cfg: ModelConfig | None = None, *, mesh=None, rules
     ckpt.save(0, {"params": params}, data_position=0, force=True)
     ckpt.wait()
   if jax.process_index() == 0:
-    with open(os.path.join(os.fspath(out_dir), MODEL_CONFIG_FILE), "w") as f:
-      f.write(config_to_json(cfg))
+    paths.write_text(os.path.join(os.fspath(out_dir), MODEL_CONFIG_FILE), config_to_json(cfg))
   return report
 
 
@@ -118,11 +118,10 @@ def export_checkpoint(checkpoint_dir, hf_dir, cfg: ModelConfig | None = None,
 def read_model_config(checkpoint_dir) -> ModelConfig:
   """The ModelConfig that :func:`convert` wrote beside a checkpoint."""
   path = os.path.join(os.fspath(checkpoint_dir), MODEL_CONFIG_FILE)
-  if not os.path.isfile(path):
+  if not paths.isfile(path):
     raise FileNotFoundError(f"{path} not found: pass the run's model config with --gin_file "
                             f"(e.g. {checkpoint_dir}/config.gin)")
-  with open(path) as f:
-    return config_from_json(f.read())
+  return config_from_json(paths.read_text(path))
 
 
 def main(argv=None) -> None:

@@ -32,7 +32,7 @@ import time
 
 import numpy as np
 
-from infini_jax import cli, evaluation
+from infini_jax import cli, evaluation, paths
 from infini_jax.data import passkey
 
 FLAGS = ("checkpoint", "lengths", "segments", "depths", "samples", "digits", "filler_file",
@@ -153,7 +153,8 @@ def heat_map(result: dict, segment_len: int, path: str, title: str) -> None:
   fig.colorbar(image, ax=ax, label="accuracy (%)")
   ax.set_title(title, fontsize=9)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  with paths.open(path, "wb") as f:
+    fig.savefig(f, format="png", dpi=120)
   plt.close(fig)
 
 
@@ -179,8 +180,7 @@ def main(argv=None) -> dict:
                              ("digits", getattr(data_cfg, "passkey_digits", 5)))}
   filler_text = None
   if "filler_file" in own:
-    with open(own["filler_file"][-1], encoding="utf-8") as f:
-      filler_text = f.read()
+    filler_text = paths.read_text(own["filler_file"][-1])
   out = evaluation.last(own, "out") or evaluation.default_out(loaded.checkpoint)
   encode = evaluation.encoder(data_cfg)
   try:
@@ -193,9 +193,7 @@ def main(argv=None) -> dict:
   result.update(checkpoint=loaded.checkpoint, step=loaded.step, segment_len=n,
                 memory=cfg.memory, update_rule=cfg.update_rule,
                 filler_file=evaluation.last(own, "filler_file"))
-  os.makedirs(out, exist_ok=True)
-  with open(os.path.join(out, "passkey.json"), "w") as f:
-    json.dump(result, f, indent=1)
+  paths.write_text(os.path.join(out, "passkey.json"), json.dumps(result, indent=1))
   memory = cfg.memory if cfg.memory == "none" else f"{cfg.memory}/{cfg.update_rule}"
   title = (f"passkey accuracy, memory={memory}, step {loaded.step}, "
            f"{ints['samples']} x {ints['digits']}-digit keys per cell")

@@ -31,7 +31,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from infini_jax import cli, evaluation, sharding, step
+from infini_jax import cli, evaluation, paths, sharding, step
 from infini_jax.inputs import make_pipeline
 
 FLAGS = ("checkpoint", "segments", "batch_size", "batches", "baseline_checkpoint",
@@ -160,9 +160,7 @@ def main(argv=None) -> dict:
              for r, t in zip(runs, totals)]
   report = dict(task=data_cfg.task, split="validation", segments=data_cfg.segments,
                 segment_len=data_cfg.segment_len, batches=batches, models=results)
-  os.makedirs(out, exist_ok=True)
-  with open(os.path.join(out, "ppl.json"), "w") as f:
-    json.dump(report, f, indent=1)
+  paths.write_text(os.path.join(out, "ppl.json"), json.dumps(report, indent=1))
   print(f"held-out perplexity per token by segment of the window ({data_cfg.task} validation, "
         f"{batches} batches of {data_cfg.batch_size} x {data_cfg.segments} segments of "
         f"{data_cfg.segment_len} tokens)\n{table(results)}", flush=True)

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from infini_jax import checkpoint, cli, decode, sharding, step
+from infini_jax import checkpoint, cli, decode, paths, sharding, step
 from infini_jax.train import MeshConfig
 
 
@@ -94,7 +94,7 @@ def parse_gin(argv, checkpoint_flag: str | None = None) -> dict:
 
   Without ``--gin_file``, the ``config.gin`` of the run that ``checkpoint_flag`` points at is read.
   """
-  files, paths, bindings, rest = cli.split_flags(argv)
+  files, search_paths, bindings, rest = cli.split_flags(argv)
   if rest:
     raise cli.ConfigError(f"unknown arguments {rest}")
   if not files:
@@ -104,18 +104,18 @@ def parse_gin(argv, checkpoint_flag: str | None = None) -> dict:
                             "files (e.g. --gin_file=configs/passkey_tiny.gin) or "
                             "--checkpoint=RUN_DIR of a run that wrote RUN_DIR/config.gin")
     files = [found]
-  cli.parse(files, paths, bindings)
+  cli.parse(files, search_paths, bindings)
   return dict(cli.bindings_of("train"))
 
 
 def run_config(path: str) -> str | None:
   """``config.gin`` of the run owning ``path`` (a run dir, its checkpoints dir or one step's)."""
-  path = os.path.abspath(path)
+  path = paths.path(path)
   for _ in range(3):
-    candidate = os.path.join(path, "config.gin")
-    if os.path.isfile(candidate):
-      return candidate
-    path = os.path.dirname(path)
+    candidate = path / "config.gin"
+    if paths.isfile(candidate):
+      return os.fspath(candidate)
+    path = path.parent
   return None
 
 
@@ -125,9 +125,9 @@ def checkpoint_dir(path: str | None, model_dir: str | None) -> str:
     if not model_dir:
       raise cli.ConfigError("no --checkpoint given and train.model_dir (MODEL_DIR) is not set")
     path = os.path.join(model_dir, "checkpoints")
-  if os.path.isdir(os.path.join(path, "checkpoints")):
+  if paths.isdir(os.path.join(path, "checkpoints")):
     path = os.path.join(path, "checkpoints")
-  if not os.path.isdir(path):
+  if not paths.isdir(path):
     raise cli.ConfigError(f"checkpoint directory {path} does not exist; pass --checkpoint=DIR "
                           f"(a run directory or its checkpoints/)")
   return path
@@ -135,10 +135,10 @@ def checkpoint_dir(path: str | None, model_dir: str | None) -> str:
 
 def default_out(checkpoint_directory: str) -> str:
   """``RUN_DIR/eval`` of the run that owns a checkpoints directory (or one of its steps)."""
-  path = os.path.abspath(checkpoint_directory)
-  if os.path.basename(path).isdigit():
-    path = os.path.dirname(path)
-  return os.path.join(os.path.dirname(path), "eval")
+  path = paths.path(checkpoint_directory)
+  if path.name.isdigit():
+    path = path.parent
+  return os.fspath(path.parent / "eval")
 
 
 # ----------------------------------------------------------------------------- models

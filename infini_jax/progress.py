@@ -3,6 +3,10 @@
 The log line: step, loss, learning rate, gradient norm, tokens/s, MFU (with and without the
 memory's FLOPs, see flops.py) and the ETA. ``metrics.jsonl`` holds one JSON object per logged
 step, the machine-readable record that sweeps and tests read.
+
+Both go through :mod:`infini_jax.paths`, so ``model_dir`` may be a bucket (``gs://...``). There
+each ``metrics.jsonl`` line is uploaded as it is logged, and TensorBoard events at most every
+``TENSORBOARD_UPLOAD_S`` seconds (a bucket object is rewritten whole; event files grow faster).
 """
 
 import json
@@ -11,6 +15,10 @@ import time
 
 import jax
 import numpy as np
+
+from infini_jax import paths
+
+TENSORBOARD_UPLOAD_S = 60.0
 
 
 class Progress:
@@ -27,9 +35,9 @@ class Progress:
     self.jsonl = None
     if self.chief:
       from tensorboardX import SummaryWriter
-      os.makedirs(model_dir, exist_ok=True)
+      _route_tensorboard_buckets()
       self.writer = SummaryWriter(os.path.join(model_dir, "tensorboard"))
-      self.jsonl = open(os.path.join(model_dir, "metrics.jsonl"), "a")
+      self.jsonl = paths.Appender(os.path.join(model_dir, "metrics.jsonl"))
     self._last = None   # (time, step) of the previous log
 
   def log_train(self, step: int, metrics: dict) -> dict:
@@ -90,6 +98,22 @@ class Progress:
     if self.chief:
       self.writer.close()
       self.jsonl.close()
+
+
+class _BucketEvents:
+  """tensorboardX's writer factory for ``gs://`` logdirs, through paths.Appender (tensorboardX's
+  own one needs google-cloud-storage and uploads at every flush)."""
+
+  def open(self, path):
+    return paths.Appender(path, TENSORBOARD_UPLOAD_S)
+
+  def directory_check(self, path):
+    paths.makedirs(path)
+
+
+def _route_tensorboard_buckets():
+  from tensorboardX import record_writer
+  record_writer.register_writer_factory("gs", _BucketEvents())
 
 
 def _duration(seconds: float) -> str:

@@ -76,13 +76,15 @@ import typing
 
 import numpy as np
 
-from infini_jax import cli, sweep_summary
+from infini_jax import cli, paths, sweep_summary
 from infini_jax.cli import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KINDS = ("grid", "random", "list")
 SETTINGS = ("SWEEP_KIND", "SWEEP_SAMPLES", "SWEEP_SEED", "SWEEP_RUNS")
 DISTRIBUTIONS = ("uniform", "loguniform", "randint")
+# A train.log in a bucket is uploaded whole: at most this often while the run prints.
+LOG_UPLOAD_S = 30.0
 # Short names for run names; anything else is its last component, lower case.
 ABBREVIATIONS = {"learning_rate": "lr", "warmup_steps": "warmup", "gate_lr_multiplier": "gate_lr",
                  "batch_size": "bs", "train_steps": "steps", "weight_decay": "wd"}
@@ -290,10 +292,10 @@ def gin_flags(bindings: dict) -> list:
 # ---------------------------------------------------------------------------------------------
 # Validation
 
-def validate(runs: list, files: list, paths: list, base: list, sweep_dir: str) -> tuple:
+def validate(runs: list, files: list, search_paths: list, base: list, sweep_dir: str) -> tuple:
   """Parses and builds every run's config; returns (the MODEL_DIR binding name, steps per run)."""
   import gin
-  cli.parse(files, paths, base)
+  cli.parse(files, search_paths, base)
   try:
     gin.query_parameter("%MODEL_DIR")
     dir_key = "MODEL_DIR"
@@ -306,7 +308,8 @@ def validate(runs: list, files: list, paths: list, base: list, sweep_dir: str) -
              for name, value in run.bindings.items()]
     model_dir = os.path.join(sweep_dir, run.name)
     try:
-      cli.parse(files, paths, base + swept + [("", f"{dir_key} = {json.dumps(model_dir)}")])
+      cli.parse(files, search_paths,
+                base + swept + [("", f"{dir_key} = {json.dumps(model_dir)}")])
       bound = cli.bindings_of("train")
       check_kinds(bound)
     except ConfigError as e:
@@ -360,10 +363,11 @@ def _matches(value, hint) -> bool:
 # ---------------------------------------------------------------------------------------------
 # Running
 
-def train_command(python: str, files, paths, base_flags, run: Run, dir_key: str,
+def train_command(python: str, files, search_paths, base_flags, run: Run, dir_key: str,
                   sweep_dir: str) -> list:
   return ([python, "-m", "infini_jax.train"] + [f"--gin_file={f}" for f in files]
-          + ([f"--gin_search_paths={','.join(paths)}"] if paths else []) + list(base_flags)
+          + ([f"--gin_search_paths={','.join(search_paths)}"] if search_paths else [])
+          + list(base_flags)
           + gin_flags(run.bindings)
           + [f"--gin.{dir_key}={json.dumps(os.path.join(sweep_dir, run.name))}"])
 
@@ -373,10 +377,12 @@ def record(run_dir: str, cmd: list, env=None, echo: bool = False) -> int:
   process = next((os.environ[v] for v in ("INFINI_PROCESS_ID", "SLURM_PROCID", "TPU_WORKER_ID")
                   if os.environ.get(v, "0") != "0"), "0")
   chief = process == "0"
-  os.makedirs(run_dir, exist_ok=True)
+  paths.makedirs(run_dir)
   status = {"status": "running", "command": shell_line(cmd), "host": socket.gethostname(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S"), "started_unix": time.time()}
-  with open(os.path.join(run_dir, "train.log" if chief else f"train.{process}.log"), "a") as log:
+  log = paths.Appender(os.path.join(run_dir, "train.log" if chief else f"train.{process}.log"),
+                       LOG_UPLOAD_S)
+  try:
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
     status["pid"] = proc.pid
@@ -384,9 +390,12 @@ def record(run_dir: str, cmd: list, env=None, echo: bool = False) -> int:
       _write_status(run_dir, status)
     for line in proc.stdout:
       log.write(line)
+      log.flush()
       if echo:
         sys.stdout.write(line)
     rc = proc.wait()
+  finally:
+    log.close()
   last = (sweep_summary.read_metrics(run_dir) or [{}])[-1]
   if rc < 0:   # killed by a signal (Ctrl-C, kill): re-run when the sweep is started again
     status.update(status="interrupted", error=f"killed by signal {-rc}")
@@ -401,16 +410,13 @@ def record(run_dir: str, cmd: list, env=None, echo: bool = False) -> int:
 
 
 def _write_status(run_dir: str, status: dict) -> None:
-  tmp = os.path.join(run_dir, "status.json.tmp")
-  with open(tmp, "w") as f:
-    json.dump(status, f, indent=1)
-  os.replace(tmp, os.path.join(run_dir, "status.json"))
+  paths.write_text(os.path.join(run_dir, "status.json"), json.dumps(status, indent=1))
 
 
 def _last_error(run_dir: str) -> str | None:
   """The exception line of the run's log (its last line that looks like one), else its last line."""
-  with open(os.path.join(run_dir, "train.log")) as f:
-    lines = [line.strip() for line in f if line.strip()]
+  text = paths.read_text(os.path.join(run_dir, "train.log"))
+  lines = [line.strip() for line in text.splitlines() if line.strip()]
   for line in reversed(lines[-50:]):
     if re.match(r"^([\w.]+(Error|Exception|Loss|Interrupt)|error)\b.*:", line):
       return line[:500]
@@ -531,7 +537,7 @@ def main(argv=None) -> int:
   if "--" in argv and any(a.startswith("--record=") for a in argv[:argv.index("--")]):
     run_dir = argv[:argv.index("--")][0].split("=", 1)[1]
     return record(run_dir, argv[argv.index("--") + 1:], echo=True)
-  files, paths, bindings, rest = cli.split_flags(argv)
+  files, search_paths, bindings, rest = cli.split_flags(argv)
   args = _parser().parse_args(rest)
   cli.setup_logging()
   if args.summarize:
@@ -545,10 +551,13 @@ def main(argv=None) -> int:
   stem = os.path.splitext(os.path.basename(args.sweep_file))[0]
   sweep_dir = args.sweep_dir or os.path.join("runs", "sweeps", stem)
   if args.backend == "slurm":   # the job runs in the repository root, on a shared filesystem
+    if paths.is_bucket(sweep_dir):
+      raise ConfigError(f"--sweep_dir={sweep_dir}: with --backend=slurm the sweep directory must "
+                        f"be on the shared filesystem (sbatch reads its job array file)")
     sweep_dir = os.path.abspath(sweep_dir)
     files = [os.path.abspath(f) if os.path.isfile(f) else f for f in files]
   python = args.python or (sys.executable if args.backend == "local" else "python")
-  dir_key, steps = validate(runs, files, paths, bindings, sweep_dir)
+  dir_key, steps = validate(runs, files, search_paths, bindings, sweep_dir)
   print(f"[sweep] {len(runs)} runs ({spec['kind']}) in {sweep_dir}; every config checked",
         flush=True)
 
@@ -560,21 +569,19 @@ def main(argv=None) -> int:
     if state == "finished" or (state == "failed" and not args.retry_failed):
       skipped.append(f"{run.name} ({state})")
     else:
-      todo.append((run, run_dir, train_command(python, files, paths, base_flags, run,
+      todo.append((run, run_dir, train_command(python, files, search_paths, base_flags, run,
                                                dir_key, sweep_dir)))
   if skipped:
     print(f"[sweep] skipping {len(skipped)}: {', '.join(skipped)}", flush=True)
   if args.max_runs is not None:
     todo = todo[:args.max_runs]
   if not args.dry_run:
-    os.makedirs(sweep_dir, exist_ok=True)
-    with open(os.path.join(sweep_dir, "sweep.json"), "w") as f:
-      json.dump({"kind": spec["kind"], "sweep_file": args.sweep_file, "gin_files": files,
-                 "gin_search_paths": paths, "gin_flags": base_flags, "sort_by": args.sort_by,
-                 "bindings": list(dict.fromkeys(k for r in runs for k in r.bindings)),
-                 "runs": [{"name": r.name, "bindings": {k: gin_literal(v) for k, v in
-                                                        r.bindings.items()}, "steps": n}
-                          for r, n in zip(runs, steps)]}, f, indent=1)
+    paths.write_text(os.path.join(sweep_dir, "sweep.json"), json.dumps(
+        {"kind": spec["kind"], "sweep_file": args.sweep_file, "gin_files": files,
+         "gin_search_paths": search_paths, "gin_flags": base_flags, "sort_by": args.sort_by,
+         "bindings": list(dict.fromkeys(k for r in runs for k in r.bindings)),
+         "runs": [{"name": r.name, "bindings": {k: gin_literal(v) for k, v in r.bindings.items()},
+                   "steps": n} for r, n in zip(runs, steps)]}, indent=1))
   launcher_args = shlex.split(args.launcher_args)
   if args.backend == "slurm":
     return run_slurm(todo, sweep_dir, python, launcher_args, args.dry_run)

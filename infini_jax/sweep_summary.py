@@ -11,6 +11,7 @@ metrics.jsonl where there are none.
 """
 
 import csv
+import io
 import json
 import math
 import os
@@ -18,6 +19,8 @@ import re
 import shlex
 import socket
 import struct
+
+from infini_jax import paths
 
 STANDARD = ("name", "status", "steps", "train_loss", "eval_loss", "best_eval_loss", "tokens_per_s")
 DESCENDING = re.compile(r"acc|score|tokens_per_s|mfu", re.I)
@@ -27,7 +30,7 @@ def read_metrics(run_dir: str) -> list:
   """The records of run_dir/metrics.jsonl (a half-written last line is skipped)."""
   records = []
   try:
-    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+    with paths.open(os.path.join(run_dir, "metrics.jsonl")) as f:
       for line in f:
         try:
           records.append(json.loads(line))
@@ -40,7 +43,7 @@ def read_metrics(run_dir: str) -> list:
 
 def read_status(run_dir: str) -> dict:
   try:
-    with open(os.path.join(run_dir, "status.json")) as f:
+    with paths.open(os.path.join(run_dir, "status.json")) as f:
       return json.load(f)
   except (FileNotFoundError, json.JSONDecodeError):
     return {}
@@ -66,7 +69,7 @@ def run_status(run_dir: str, steps: int | None) -> str:
     return status["status"]
   if status.get("status") == "finished" and not steps:
     return "finished"
-  return "unfinished" if status or records or os.path.isdir(run_dir) else "pending"
+  return "unfinished" if status or records or paths.isdir(run_dir) else "pending"
 
 
 def _alive(status: dict) -> bool:
@@ -85,13 +88,13 @@ def _alive(status: dict) -> bool:
 def collect(sweep_dir: str) -> tuple:
   """(rows, binding names): one dict per run."""
   try:
-    with open(os.path.join(sweep_dir, "sweep.json")) as f:
+    with paths.open(os.path.join(sweep_dir, "sweep.json")) as f:
       meta = json.load(f)
   except FileNotFoundError:
     meta = {"runs": [], "bindings": []}
   planned = {r["name"]: r for r in meta["runs"]}
-  others = sorted(d for d in os.listdir(sweep_dir) if d not in planned
-                  and os.path.isfile(os.path.join(sweep_dir, d, "status.json")))
+  others = sorted(d for d in paths.listdir(sweep_dir) if d not in planned
+                  and paths.isfile(os.path.join(sweep_dir, d, "status.json")))
   rows = []
   for name in list(planned) + others:
     run_dir = os.path.join(sweep_dir, name)
@@ -125,7 +128,7 @@ def _passkey(run_dir: str) -> dict:
   """passkey_accuracy: the mean over the cells of eval/passkey.json (python -m
   infini_jax.eval_passkey --checkpoint=RUN_DIR writes it), if there is one."""
   try:
-    with open(os.path.join(run_dir, "eval", "passkey.json")) as f:
+    with paths.open(os.path.join(run_dir, "eval", "passkey.json")) as f:
       cells = json.load(f)["accuracy"]
     flat = [float(v) for row in cells for v in (row if isinstance(row, list) else [row])]
     return {"passkey_accuracy": sum(flat) / len(flat)} if flat else {}
@@ -152,14 +155,15 @@ def summarize(sweep_dir: str, sort_by: str = "eval_loss") -> list:
   extras = sorted({k for r in rows for k in r} - set(STANDARD) - set(bindings) - {"error"})
   columns = [c for c in ["name", *bindings, *STANDARD[1:], *extras, "error"]
              if c in ("name", "status") or any(r.get(c) is not None for r in rows)]
-  with open(os.path.join(sweep_dir, "results.csv"), "w", newline="") as f:
-    writer = csv.DictWriter(f, columns)
-    writer.writeheader()
-    writer.writerows({c: r.get(c) for c in columns} for r in rows)
+  csv_text = io.StringIO()
+  writer = csv.DictWriter(csv_text, columns)
+  writer.writeheader()
+  writer.writerows({c: r.get(c) for c in columns} for r in rows)
+  paths.write_text(os.path.join(sweep_dir, "results.csv"), csv_text.getvalue())
   table = _markdown(rows, columns, sort_by)
-  with open(os.path.join(sweep_dir, "results.md"), "w") as f:
-    f.write(f"# Sweep {os.path.basename(os.path.normpath(sweep_dir))}\n\n"
-            f"Sorted by {sort_by}. Loss curves: loss_curves.png\n\n{table}\n")
+  paths.write_text(os.path.join(sweep_dir, "results.md"),
+                   f"# Sweep {paths.path(sweep_dir).name}\n\n"
+                   f"Sorted by {sort_by}. Loss curves: loss_curves.png\n\n{table}\n")
   curves = {r["name"]: loss_curves(os.path.join(sweep_dir, r["name"])) for r in rows}
   plot(curves, os.path.join(sweep_dir, "loss_curves.png"))
   print(table)
@@ -204,14 +208,14 @@ def tensorboard_scalars(tb_dir: str, tags) -> dict:
   """
   try:
     from tensorboard.compat.proto import event_pb2
-    names = os.listdir(tb_dir)
+    names = paths.listdir(tb_dir)
   except (ImportError, OSError):
     return {}
   files = sorted((n for n in names if n.startswith("events.out.tfevents.")),
                  key=lambda n: (n.split(".")[3], n))
   curves = {}
   for name in files:
-    with open(os.path.join(tb_dir, name), "rb") as f:
+    with paths.open(os.path.join(tb_dir, name), "rb") as f:
       while True:   # record: uint64 length, uint32 crc, data, uint32 crc
         header = f.read(12)
         if len(header) < 12:
@@ -244,5 +248,6 @@ def plot(curves: dict, path: str) -> None:
   if tags:
     axes[0][-1].legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1))
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  with paths.open(path, "wb") as f:
+    fig.savefig(f, format="png", dpi=100)
   plt.close(fig)

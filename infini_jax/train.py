@@ -14,7 +14,7 @@ import threading
 import jax
 import numpy as np
 
-from infini_jax import checkpoint, distributed, divergence, flops, optim, sharding, step
+from infini_jax import checkpoint, distributed, divergence, flops, optim, paths, sharding, step
 from infini_jax.inputs import make_pipeline
 from infini_jax.model import ModelConfig
 from infini_jax.progress import Progress
@@ -64,7 +64,7 @@ def train(*, model: ModelConfig, optimizer: optim.OptimizerConfig, data, model_d
     raise ValueError(f"train.on_divergence={on_divergence!r}; expected one of "
                      f"{', '.join(map(repr, divergence.ACTIONS))}")
   distributed.initialize()
-  os.makedirs(model_dir, exist_ok=True)
+  paths.makedirs(model_dir)
   if data.segment_len != model.segment_len:
     raise ValueError(f"data segment_len {data.segment_len} differs from the model's "
                      f"{model.segment_len}; bind both to the macro SEGMENT_LEN")

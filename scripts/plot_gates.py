@@ -24,7 +24,7 @@ from flax import nnx
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from infini_jax import checkpoint, cli, evaluation, step  # noqa: E402
+from infini_jax import checkpoint, cli, evaluation, paths, step  # noqa: E402
 
 FLAGS = ("checkpoint", "logdir", "out")
 TAG = re.compile(r"gates/layer_(\d+)/head_(\d+)$")
@@ -79,7 +79,8 @@ def plot_heat_map(gates: np.ndarray, path: str, title: str) -> None:
   fig.colorbar(image, ax=ax, label="sigmoid(beta): 0 local, 1 memory")
   ax.set_title(title, fontsize=9)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  with paths.open(path, "wb") as f:
+    fig.savefig(f, format="png", dpi=120)
   plt.close(fig)
 
 
@@ -101,7 +102,8 @@ def plot_history(history: dict, path: str, title: str) -> None:
   axes[0, 0].legend(fontsize=6, ncol=4, loc="upper left")
   axes[-1, 0].set_xlabel("step")
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  with paths.open(path, "wb") as f:
+    fig.savefig(f, format="png", dpi=120)
   plt.close(fig)
 
 
@@ -114,7 +116,7 @@ def main(argv=None) -> dict:
   model_dir = bound.get("model_dir") or ""
   directory = evaluation.checkpoint_dir(checkpoint_flag, model_dir)
   out = evaluation.last(own, "out") or evaluation.default_out(directory)
-  os.makedirs(out, exist_ok=True)
+  paths.makedirs(out)
   written = {}
   gates, at_step = restore_gates(bound["model"], directory)
   written["heat_map_png"] = os.path.join(out, "gates.png")
@@ -122,7 +124,7 @@ def main(argv=None) -> dict:
                 f"gates sigmoid(beta) at step {at_step}\n{directory}")
   print(f"sigmoid(beta) at step {at_step} (rows: layers, columns: heads)")
   print("\n".join(" ".join(f"{g:.2f}" for g in row) for row in gates))
-  run_dir = os.path.dirname(os.path.abspath(evaluation.default_out(directory)))
+  run_dir = os.path.dirname(evaluation.default_out(directory))
   logdir = evaluation.last(own, "logdir") or os.path.join(run_dir, "tensorboard")
   history = read_gate_history(logdir) if os.path.isdir(logdir) else {}
   if history:

@@ -27,7 +27,7 @@ from flax import nnx
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from infini_jax import evaluation, eval_passkey  # noqa: E402
+from infini_jax import eval_passkey, evaluation, paths  # noqa: E402
 from infini_jax.data import passkey  # noqa: E402
 from infini_jax.memory import sigma  # noqa: E402
 
@@ -117,9 +117,7 @@ def main(argv=None) -> dict:
     print(f"{n:5d} segments: {cells}")
   out = evaluation.last(own, "out") or os.path.join(evaluation.default_out(loaded.checkpoint),
                                                     "memory_probe.json")
-  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-  with open(out, "w") as f:
-    json.dump(result, f, indent=1)
+  paths.write_text(out, json.dumps(result, indent=1))
   print(f"wrote {out}")
   return result
 
