@@ -23,6 +23,7 @@ import sys
 
 import jax
 
+from infini_jax.errors import UserError
 from infini_jax.hf.llama import (MissingTensorError, UnexpectedTensorError, abstract_params,
                                  config_from_hf, config_from_json, config_to_json, export_hf,
                                  gin_bindings, load_hf_params, read_hf_config)
@@ -89,7 +90,7 @@ def main(argv=None) -> None:
   try:
     _main(sys.argv[1:] if argv is None else argv)
   except (ValueError, FileNotFoundError, FileExistsError) as e:   # config and input errors
-    raise SystemExit(f"error: {type(e).__name__}: {e}") from None
+    raise UserError(f"{type(e).__name__}: {e}") from None
 
 
 def _main(argv) -> None:
@@ -130,4 +131,5 @@ def _main(argv) -> None:
 
 
 if __name__ == "__main__":
-  main()
+  from infini_jax import command
+  command.run(main)

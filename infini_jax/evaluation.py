@@ -22,6 +22,7 @@ import numpy as np
 from flax import nnx
 
 from infini_jax import checkpoint, cli, decode, step
+from infini_jax.errors import UserError
 
 
 @dataclasses.dataclass
@@ -62,11 +63,11 @@ _SUFFIXES = {"": 1, "K": 1024, "M": 1024 ** 2, "G": 1024 ** 3}
 
 
 def parse_count(text: str, flag: str) -> int:
-  """``"2048"``, ``"32K"`` (32768) or ``"1M"`` (1048576) -> int; binary multiples, like the paper's
-  "1M tokens"."""
+  """``"2048"``, ``"32K"`` (32768) or ``"1M"`` (1048576) -> int >= 1; binary multiples, like the
+  paper's "1M tokens"."""
   match = re.fullmatch(r"\s*(\d+)\s*([kKmMgG]?)\s*", text)
-  if not match:
-    raise cli.ConfigError(f"{flag}: {text!r} is not a count like 2048, 32K or 1M")
+  if not match or int(match.group(1)) < 1:
+    raise cli.ConfigError(f"{flag}: {text!r} is not a count like 2048, 32K or 1M (at least 1)")
   return int(match.group(1)) * _SUFFIXES[match.group(2).upper()]
 
 
@@ -115,9 +116,6 @@ def checkpoint_dir(path: str | None, model_dir: str | None) -> str:
     path = os.path.join(model_dir, "checkpoints")
   if os.path.isdir(os.path.join(path, "checkpoints")):
     path = os.path.join(path, "checkpoints")
-  if not os.path.isdir(path):
-    raise cli.ConfigError(f"checkpoint directory {path} does not exist; pass --checkpoint=DIR "
-                          f"(a run directory or its checkpoints/)")
   return path
 
 
@@ -132,19 +130,29 @@ def default_out(checkpoint_directory: str) -> str:
 # ----------------------------------------------------------------------------- models
 
 
-def restore_model(model_cfg, directory: str, step_number: int | None = None):
-  """The model of ``model_cfg`` with the parameters of a checkpoint -> (model, restore report).
-
-  Every parameter of the model must be in the checkpoint (a config that differs from the run's
-  is an error, not a half-random model).
-  """
-  graphdef, abstract = step.abstract_model(model_cfg)
-  target = nnx.to_pure_dict(abstract)
-  params, report = checkpoint.restore_params(directory, target, step_number)
+def restore_params(directory: str, target, step_number: int | None = None):
+  """``checkpoint.restore_params`` for an evaluation: every parameter of ``target`` must be in
+  the checkpoint (a config that differs from the run's is an error, not a half-random model),
+  and a folder without a usable step is the user's to fix. -> (params, restore report)."""
+  if not os.path.isdir(directory):
+    raise UserError(f"checkpoint directory {directory} does not exist; pass --checkpoint=DIR (a "
+                    f"run directory or its checkpoints/) or the run's MODEL_DIR")
+  try:
+    params, report = checkpoint.restore_params(directory, target, step_number)
+  except FileNotFoundError as e:   # no step at all, or none that restores
+    raise UserError(f"{e}: {directory} is not a run's checkpoints/ folder with a saved step; "
+                    f"point at one (train first, or wait for its first checkpoint)") from e
   if report["missing"]:
-    raise ValueError(f"checkpoint {report['directory']} lacks parameters {report['missing']}; "
-                     f"is the gin config the one this run was trained with (e.g. "
-                     f"ModelConfig.memory)?")
+    raise UserError(f"checkpoint {report['directory']} lacks parameters {report['missing']}; "
+                    f"is the gin config the one this run was trained with (e.g. "
+                    f"ModelConfig.memory)?")
+  return params, report
+
+
+def restore_model(model_cfg, directory: str, step_number: int | None = None):
+  """The model of ``model_cfg`` with the parameters of a checkpoint -> (model, restore report)."""
+  graphdef, abstract = step.abstract_model(model_cfg)
+  params, report = restore_params(directory, nnx.to_pure_dict(abstract), step_number)
   nnx.replace_by_pure_dict(abstract, params)
   return nnx.merge(graphdef, abstract), report
 

@@ -10,6 +10,8 @@ import dataclasses
 import jax
 import numpy as np
 
+from infini_jax.errors import UserError
+
 
 @dataclasses.dataclass(frozen=True)
 class SyntheticData:
@@ -29,7 +31,7 @@ class SyntheticPipeline:
   def __init__(self, cfg: SyntheticData, vocab_size: int, shard_index: int, num_shards: int,
                start_position: int = 0, split: str = "train"):
     if cfg.batch_size % num_shards:
-      raise ValueError(f"global batch_size {cfg.batch_size} is not divisible by {num_shards} "
+      raise UserError(f"global batch_size {cfg.batch_size} is not divisible by {num_shards} "
                        f"processes; set the batch size to a multiple of {num_shards}")
     self.cfg, self.vocab_size = cfg, vocab_size
     self.rows = slice(shard_index * cfg.batch_size // num_shards,

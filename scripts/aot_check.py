@@ -77,4 +77,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  main(sys.argv[1:])
+  from infini_jax import command
+  command.run(main)
