@@ -117,6 +117,30 @@ def parse(files, search_paths, bindings) -> None:
       gin.parse_config(binding)
     except Exception as e:
       raise _gin_error(flag, e) from None
+  _check_macros_defined()
+
+
+def _check_macros_defined() -> None:
+  """A ``%NAME`` that no file or flag defines would fail deep inside gin, without a line."""
+  defined = _defined_macros()
+
+  def references(value):
+    if isinstance(value, gin.config.ConfigurableReference):
+      yield value
+    elif isinstance(value, (list, tuple)):
+      for v in value:
+        yield from references(v)
+    elif isinstance(value, dict):
+      for v in value.values():
+        yield from references(v)
+
+  for (_, selector), params in gin.config._CONFIG.items():
+    for param, value in params.items():
+      for ref in references(value):
+        name = "/".join(ref.scopes)
+        if ref.selector == "gin.macro" and name not in defined:
+          raise ConfigError(f"{selector.rsplit('.', 1)[-1]}.{param} = %{name}: no gin file or "
+                            f"flag defines the macro {name}{_did_you_mean(name, defined)}")
 
 
 def _gin_error(flag: str, error: Exception) -> ConfigError:

@@ -20,15 +20,16 @@ def one_line(error: BaseException) -> str:
   """The message of ``error`` as one line.
 
   gin appends its context on lines of their own ("In call to configurable 'DataConfig' (...)",
-  'In file "x.gin", line 3'): the configurable becomes a prefix, a file's line a suffix, and the
-  rest of the context (the binding, which the message already names) is left out.
+  'In file "x.gin", line 3'): a config class becomes a prefix (it says whose field the message
+  names; a function such as ``train`` says nothing the command did not), a file's line a suffix,
+  and the rest of the context (the binding, which the message already names) is left out.
   """
   message, *context = str(error).split("\n  In ")
   message = " ".join(line.strip() for line in message.splitlines() if line.strip())
   # gin adds a context per configurable the error passed through, innermost first.
   configurables = [m.group(1) for part in context
                    if (m := re.match(r"call to configurable '([^']+)'", part))]
-  if configurables and not message.startswith(configurables[0]):
+  if configurables and configurables[0][0].isupper() and not message.startswith(configurables[0]):
     message = f"{configurables[0]}: {message}"
   for part in context:
     if where := re.match(r'file "([^"]+)", line (\d+)', part):

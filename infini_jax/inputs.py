@@ -10,6 +10,7 @@ import dataclasses
 import jax
 import numpy as np
 
+from infini_jax.data.config import check_batch_shape
 from infini_jax.errors import UserError
 
 
@@ -20,6 +21,9 @@ class SyntheticData:
   seq_len: int = 1024
   segment_len: int = 256
   seed: int = 0
+
+  def __post_init__(self):
+    check_batch_shape(self.batch_size, self.seq_len, self.segment_len)
 
 
 class SyntheticPipeline:
@@ -32,7 +36,7 @@ class SyntheticPipeline:
                start_position: int = 0, split: str = "train"):
     if cfg.batch_size % num_shards:
       raise UserError(f"global batch_size {cfg.batch_size} is not divisible by {num_shards} "
-                       f"processes; set the batch size to a multiple of {num_shards}")
+                      f"processes; set the batch size to a multiple of {num_shards}")
     self.cfg, self.vocab_size = cfg, vocab_size
     self.rows = slice(shard_index * cfg.batch_size // num_shards,
                       (shard_index + 1) * cfg.batch_size // num_shards)

@@ -203,7 +203,7 @@ def _check(key: str, value, ok: bool, requirement: str) -> None:
 def _check_choice(key: str, value, allowed: tuple) -> None:
   if value not in allowed:
     raise UserError(f'optimizer.{key}="{value}" is not one of {", ".join(allowed)} '
-                     f"(gin: OptimizerConfig.{key})")
+                    f"(gin: OptimizerConfig.{key})")
 
 
 def _check_regex(key: str, pattern) -> None:
@@ -211,4 +211,4 @@ def _check_regex(key: str, pattern) -> None:
     re.compile(pattern)
   except (re.error, TypeError) as e:
     raise UserError(f"optimizer.{key}: {pattern!r} is not a regular expression ({e}) "
-                     f"(gin: OptimizerConfig.{key})") from None
+                    f"(gin: OptimizerConfig.{key})") from None

@@ -78,12 +78,13 @@ def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1, devices=None) -> j
   if -1 in sizes:
     if len(devices) % known:
       raise UserError(f"{len(devices)} devices cannot be split into mesh data={data}, fsdp={fsdp}, "
-                       f"tensor={tensor}: {len(devices)} is not a multiple of {known}")
+                      f"tensor={tensor}: {len(devices)} is not a multiple of {known}; set "
+                      f"MeshConfig sizes whose product divides {len(devices)}")
     sizes[sizes.index(-1)] = len(devices) // known
   if sizes[0] * sizes[1] * sizes[2] != len(devices):
     raise UserError(f"mesh data={sizes[0]} x fsdp={sizes[1]} x tensor={sizes[2]} needs "
-                     f"{sizes[0] * sizes[1] * sizes[2]} devices, but {len(devices)} are present; "
-                     f"set one of the sizes to -1 to take the rest")
+                    f"{sizes[0] * sizes[1] * sizes[2]} devices, but {len(devices)} are present; "
+                    f"set one of the sizes to -1 to take the rest")
   return jax.make_mesh(tuple(sizes), MESH_AXES, devices=devices,
                        axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
 

@@ -73,7 +73,7 @@ def build(cfg: ModelConfig, tx: optax.GradientTransformation, mesh, rules, globa
   cfg.num_segments(seq_len)
   if global_batch % grad_accum_steps:
     raise UserError(f"global batch {global_batch} is not divisible by grad_accum_steps="
-                     f"{grad_accum_steps}; change train.grad_accum_steps or the batch size")
+                    f"{grad_accum_steps}; change train.grad_accum_steps or the batch size")
   graphdef, abstract_params = abstract_model(cfg)
   params_shardings = sharding.param_shardings(abstract_params, mesh, rules)
   abstract_pure = nnx.to_pure_dict(abstract_params)

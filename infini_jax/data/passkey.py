@@ -72,7 +72,7 @@ def make_example(vocab_or_encode_fn, length_tokens: int, depth: Union[float, str
   n_filler = length_tokens - fixed
   if n_filler < 0:
     raise UserError(f"length_tokens {length_tokens} is too short for the passkey prompt, which "
-                     f"needs at least {fixed} tokens with {digits} digits; ask for more tokens")
+                    f"needs at least {fixed} tokens with {digits} digits; ask for more tokens")
   unit = encode(FILLER if filler_text is None else filler_text)
   if len(unit) == 0:
     raise UserError("filler_text encodes to no tokens; give a non-empty filler text")

@@ -31,7 +31,7 @@ class Pipeline:
       raise ValueError(f"shard_index {shard_index} must be in [0, num_shards={num_shards})")
     if cfg.batch_size % num_shards:
       raise UserError(f"batch_size {cfg.batch_size} is not divisible by the {num_shards} "
-                       f"processes; set batch_size to a multiple of {num_shards}")
+                      f"processes; set batch_size to a multiple of {num_shards}")
     self.cfg, self.split = cfg, split
     self.shard_index, self.num_shards = shard_index, num_shards
     self.local_batch_size = cfg.batch_size // num_shards

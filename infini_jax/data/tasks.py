@@ -257,7 +257,7 @@ def task_name(cfg: DataConfig) -> str:
     fix = (f"set task='{name}_passkey' or passkey_rate=0" if name in corpus.CORPORA
            else "set DataConfig.passkey_rate=0")
     raise UserError(f"passkey_rate {cfg.passkey_rate} applies to '<corpus>_passkey' mixtures, "
-                     f"not task {name!r}; {fix}")
+                    f"not task {name!r}; {fix}")
   if name in corpus.CORPORA:
     return _register_corpus_task(name, cfg)
   if name == "passkey":
@@ -265,7 +265,7 @@ def task_name(cfg: DataConfig) -> str:
   if mixture_of in corpus.CORPORA:
     if not cfg.passkey_rate:
       raise UserError(f"task {name!r} mixes in passkey examples at passkey_rate, which is 0; "
-                       f"set passkey_rate in (0, 1), e.g. {DEFAULT_PASSKEY_RATE}")
+                      f"set passkey_rate in (0, 1), e.g. {DEFAULT_PASSKEY_RATE}")
     parts = (_register_corpus_task(mixture_of, cfg), _register_passkey_task(cfg))
     mixture = name
     if parts != (mixture_of, "passkey") or cfg.passkey_rate != DEFAULT_PASSKEY_RATE:
@@ -277,7 +277,7 @@ def task_name(cfg: DataConfig) -> str:
   if name in seqio.TaskRegistry.names() or name in seqio.MixtureRegistry.names():
     return name
   raise UserError(f"unknown task {name!r}; use one of {sorted(corpus.CORPORA)}, 'passkey', "
-                   "'<corpus>_passkey', or register a seqio task first")
+                  "'<corpus>_passkey', or register a seqio task first")
 
 
 def _register_defaults():

@@ -77,10 +77,10 @@ def read_documents(path: str, root: str, text_key: str = "text") -> Iterator[tup
       record = json.loads(_decode(f"{path}:{lineno}", line))
     except json.JSONDecodeError as e:
       raise UserError(f"{path}:{lineno} is not valid JSON ({e.msg}); write one JSON object "
-                       "per line") from None
+                      "per line") from None
     if not isinstance(record, dict) or not isinstance(record.get(text_key), str):
       raise UserError(f"{path}:{lineno} has no string field {text_key!r}; write "
-                       f'{{"{text_key}": "..."}} per line or set text_key')
+                      f'{{"{text_key}": "..."}} per line or set text_key')
     if record[text_key].strip():
       yield f"{rel}:{lineno}", record[text_key]
 
@@ -101,7 +101,7 @@ def validation_ids(doc_ids: Sequence[str], validation_files: Sequence[str] = (),
   """
   if len(doc_ids) < 2:
     raise UserError(f"the corpus has {len(doc_ids)} non-empty document(s); a train and a "
-                     "validation split need at least 2: add documents")
+                    "validation split need at least 2: add documents")
   if validation_files:
     wanted = set(validation_files)
     picked = {d for d in doc_ids
@@ -109,7 +109,7 @@ def validation_ids(doc_ids: Sequence[str], validation_files: Sequence[str] = (),
     seen = {d.split(":")[0] for d in picked} | {os.path.basename(d.split(":")[0]) for d in picked}
     if wanted - seen:
       raise UserError(f"validation files {sorted(wanted - seen)} are not in the corpus; "
-                       "fix the names in validation_files")
+                      "fix the names in validation_files")
     if len(picked) == len(doc_ids):
       raise UserError("validation_files cover the whole corpus; leave some files for train")
     return picked

@@ -69,7 +69,7 @@ class ModelConfig:
       pairs = tuple(sorted(dict(self.rope_scaling).items()))
       if tuple(k for k, _ in pairs) != ROPE_SCALING_KEYS:
         raise UserError(f"ModelConfig.rope_scaling={self.rope_scaling!r} must have exactly the "
-                         f"keys {', '.join(ROPE_SCALING_KEYS)}")
+                        f"keys {', '.join(ROPE_SCALING_KEYS)}")
       object.__setattr__(self, "rope_scaling", pairs)
     one_of("memory", self.memory, MEMORY_KINDS)
     one_of("update_rule", self.update_rule, ("linear", "delta"))
@@ -87,7 +87,8 @@ class ModelConfig:
     if self.num_heads % self.num_kv_heads:
       raise UserError(
           f"num_heads={self.num_heads} is not divisible by num_kv_heads={self.num_kv_heads}; "
-          f"each key/value head must serve the same number of query heads")
+          f"set num_kv_heads to a divisor of num_heads (each key/value head serves the same "
+          f"number of query heads)")
     if self.dim_per_head % 2:
       raise UserError(f"head dimension {self.dim_per_head} must be even for RoPE; set head_dim")
 
