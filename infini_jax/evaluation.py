@@ -135,8 +135,8 @@ def restore_params(directory: str, target, step_number: int | None = None):
   the checkpoint (a config that differs from the run's is an error, not a half-random model),
   and a folder without a usable step is the user's to fix. -> (params, restore report)."""
   if not os.path.isdir(directory):
-    raise UserError(f"checkpoint directory {directory} does not exist; pass --checkpoint=DIR (a "
-                    f"run directory or its checkpoints/) or the run's MODEL_DIR")
+    raise UserError(f"checkpoint directory {directory} does not exist; point --checkpoint=DIR "
+                    f"(or MODEL_DIR) at a run directory or its checkpoints/")
   try:
     params, report = checkpoint.restore_params(directory, target, step_number)
   except FileNotFoundError as e:   # no step at all, or none that restores

@@ -24,7 +24,7 @@ from infini_jax.data import text_files  # noqa: E402  (pure Python, no TensorFlo
 def _chunks(pattern: str, text_key: str, max_chars: int, size: int = 2000) -> Iterator[str]:
   """Pieces of about `size` characters cut at line ends, newlines kept, so they get tokens."""
   budget = max_chars
-  for _, text in text_files.iter_documents(text_files.list_files(pattern), text_key):
+  for _, text in text_files.iter_documents(text_files.list_files(pattern, "--corpus"), text_key):
     piece = ""
     for line in text.splitlines(keepends=True):
       piece += line

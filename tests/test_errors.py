@@ -192,8 +192,8 @@ def test_corpus_files(tmp_path):
     text_files.list_files(str(tmp_path / "nowhere"))
   (tmp_path / "empty").mkdir()
   with pytest.raises(UserError, match=r"no .txt, .jsonl or .txt.gz files found at '.*/empty'; "
-                     r"set corpus_pattern"):
-    text_files.list_files(str(tmp_path / "empty"))
+                     r"set --corpus to a folder or a glob"):   # as scripts/train_tokenizer.py says
+    text_files.list_files(str(tmp_path / "empty"), "--corpus")
   (tmp_path / "a.jsonl").write_text('{"text": "fine"}\n{"text": oops}\n')
   with pytest.raises(UserError, match=r"a.jsonl:2 is not valid JSON .*; write one JSON object "
                      r"per line"):
@@ -227,8 +227,8 @@ def test_checkpoint_folders(tmp_path):
   import jax.numpy as jnp
   from infini_jax import checkpoint
   target = {"v": jnp.zeros((2,)), "w": jnp.zeros((2,))}
-  with pytest.raises(UserError, match=r"checkpoint directory .*/nowhere does not exist; pass "
-                     r"--checkpoint=DIR \(a run directory or its checkpoints/\)"):
+  with pytest.raises(UserError, match=r"checkpoint directory .*/nowhere does not exist; point "
+                     r"--checkpoint=DIR \(or MODEL_DIR\) at a run directory or its checkpoints/"):
     evaluation.restore_params(str(tmp_path / "nowhere"), target)
   (tmp_path / "empty").mkdir()
   with pytest.raises(UserError, match=r"no checkpoint steps in .*/empty: .* is not a run's "

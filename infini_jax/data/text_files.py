@@ -18,8 +18,11 @@ from infini_jax.errors import UserError
 SUFFIXES = (".txt", ".txt.gz", ".jsonl")
 
 
-def list_files(pattern: str) -> list[str]:
-  """Sorted absolute paths of the text files in a folder (recursively) or matching a glob."""
+def list_files(pattern: str, setting: str = "corpus_pattern") -> list[str]:
+  """Sorted absolute paths of the text files in a folder (recursively) or matching a glob.
+
+  ``setting``: what the user set the pattern with, for the error messages.
+  """
   path = os.path.expanduser(pattern)
   if os.path.isdir(path):
     found = [os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs]
@@ -27,12 +30,12 @@ def list_files(pattern: str) -> list[str]:
     found = glob.glob(path, recursive=True)
   files = sorted(os.path.abspath(f) for f in found if f.endswith(SUFFIXES) and os.path.isfile(f))
   if not glob.has_magic(path) and not os.path.exists(path):
-    raise UserError(f"corpus folder {pattern!r} does not exist; set corpus_pattern to a folder "
-                    "or a glob (e.g. '/data/books/*.txt') of .txt, .jsonl or .txt.gz files")
+    raise UserError(f"corpus folder {pattern!r} does not exist; set {setting} to a folder or a "
+                    "glob (e.g. '/data/books/*.txt') of .txt, .jsonl or .txt.gz files")
   if not files:
     raise UserError(
-        f"no .txt, .jsonl or .txt.gz files found at {pattern!r}; set corpus_pattern to a folder "
-        "or a glob (e.g. '/data/books/*.txt') of such files")
+        f"no .txt, .jsonl or .txt.gz files found at {pattern!r}; set {setting} to a folder or a "
+        "glob (e.g. '/data/books/*.txt') of such files")
   return files
 
 
