@@ -140,8 +140,8 @@ def restore_params(directory: str, target, step_number: int | None = None):
   try:
     params, report = checkpoint.restore_params(directory, target, step_number)
   except FileNotFoundError as e:   # no step at all, or none that restores
-    raise UserError(f"{e}: {directory} is not a run's checkpoints/ folder with a saved step; "
-                    f"point at one (train first, or wait for its first checkpoint)") from e
+    raise UserError(f"{e}; point --checkpoint=DIR (or MODEL_DIR) at a run directory, or its "
+                    f"checkpoints/, holding a saved step that restores") from e
   if report["missing"]:
     raise UserError(f"checkpoint {report['directory']} lacks parameters {report['missing']}; "
                     f"is the gin config the one this run was trained with (e.g. "

@@ -70,9 +70,9 @@ def test_a_folder_that_is_not_a_checkpoint_names_it(tmp_path):
   (tmp_path / "notes.txt").write_text("not a checkpoint")
   line = only_error_line(run("eval_passkey", f"--gin_file={SMOKE}", f"--checkpoint={tmp_path}",
                              "--segments=4"))
-  assert line == (f"error: no checkpoint steps in {tmp_path}: {tmp_path} is not a run's "
-                  f"checkpoints/ folder with a saved step; point at one (train first, or wait "
-                  f"for its first checkpoint)")
+  assert line == (f"error: no checkpoint steps in {tmp_path}; point --checkpoint=DIR (or "
+                  f"MODEL_DIR) at a run directory, or its checkpoints/, holding a saved step that "
+                  f"restores")
 
 
 def test_a_corpus_file_that_is_not_utf8_is_named_without_tensorflow_noise(tmp_path):
@@ -231,8 +231,9 @@ def test_checkpoint_folders(tmp_path):
                      r"--checkpoint=DIR \(or MODEL_DIR\) at a run directory or its checkpoints/"):
     evaluation.restore_params(str(tmp_path / "nowhere"), target)
   (tmp_path / "empty").mkdir()
-  with pytest.raises(UserError, match=r"no checkpoint steps in .*/empty: .* is not a run's "
-                     r"checkpoints/ folder with a saved step; point at one"):
+  with pytest.raises(UserError, match=r"no checkpoint steps in .*/empty; point --checkpoint=DIR "
+                     r"\(or MODEL_DIR\) at a run directory, or its checkpoints/, holding a saved "
+                     r"step that restores$"):
     evaluation.restore_params(str(tmp_path / "empty"), target)
   with checkpoint.Checkpointer(tmp_path / "ckpt", save_every=1, async_save=False) as ckpt:
     ckpt.save(1, {"params": {"v": jnp.ones((2,))}}, data_position=0, force=True)
