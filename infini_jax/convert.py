@@ -89,6 +89,8 @@ def _gin_model_config(argv) -> tuple[ModelConfig | None, list]:
 def main(argv=None) -> None:
   try:
     _main(sys.argv[1:] if argv is None else argv)
+  except UserError:
+    raise
   except (ValueError, FileNotFoundError, FileExistsError) as e:   # config and input errors
     raise UserError(f"{type(e).__name__}: {e}") from None
 
