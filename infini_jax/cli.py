@@ -7,9 +7,13 @@ has no gin decorators: the configurables are registered here, at the boundary.
 Errors stop the run before anything starts, naming the flag: a missing file, gin's own message for
 an unknown configurable or parameter, and, which gin does not catch, an override of a macro that no
 gin file defines (a misspelt ``--gin.TRAIN_STEP=`` would otherwise be silently ignored).
+
+These are :class:`ConfigError`, a ``UserError``: ``command.run`` prints them as one ``error:``
+line.
 """
 
 import difflib
+import inspect
 import logging
 import os
 import re
@@ -18,15 +22,14 @@ import sys
 import gin
 
 from infini_jax import paths
+from infini_jax.errors import UserError
 
 _CONFIGURABLES = {}   # short name -> the gin-wrapped callable
+_PARAMETERS = {}      # short name -> its parameter names, for "did you mean"
 
 
-class ConfigError(SystemExit):
-  """A configuration error: printed without a traceback, exit status 2."""
-
-  def __init__(self, message: str):
-    super().__init__(f"error: {message}")
+class ConfigError(UserError):
+  """A bad command-line flag or gin binding."""
 
 
 def register() -> None:
@@ -49,6 +52,7 @@ def register() -> None:
                    (train.MeshConfig, "MeshConfig"), (train.train, "train"),
                    (hf_path, "hf_path")):
     _CONFIGURABLES[name] = gin.external_configurable(fn, name)
+    _PARAMETERS[name] = list(inspect.signature(fn).parameters)
   gin.constant("DEFAULT_RULES", sharding.DEFAULT_RULES)
 
 
@@ -106,17 +110,55 @@ def parse(files, search_paths, bindings) -> None:
     except ConfigError:
       raise
     except Exception as e:   # gin raises ValueError, NameError, IOError, ...
-      raise ConfigError(f"--gin_file={f}: {e}") from None
+      raise _gin_error(f"--gin_file={f}", e) from None
   for flag, binding in bindings:
     name = binding.split("=", 1)[0].strip()
     if re.fullmatch(r"[A-Z][A-Z0-9_]*", name) and name not in _defined_macros():
-      close = difflib.get_close_matches(name, sorted(_defined_macros()), n=3)
       raise ConfigError(f"{flag}: no gin file defines the macro {name}"
-                        + (f"; did you mean {' or '.join(close)}?" if close else ""))
+                        + _did_you_mean(name, _defined_macros()))
     try:
       gin.parse_config(binding)
     except Exception as e:
-      raise ConfigError(f"{flag}: {e}") from None
+      raise _gin_error(flag, e) from None
+  _check_macros_defined()
+
+
+def _check_macros_defined() -> None:
+  """A ``%NAME`` that no file or flag defines would fail deep inside gin, without a line."""
+  defined = _defined_macros()
+
+  def references(value):
+    if isinstance(value, gin.config.ConfigurableReference):
+      yield value
+    elif isinstance(value, (list, tuple)):
+      for v in value:
+        yield from references(v)
+    elif isinstance(value, dict):
+      for v in value.values():
+        yield from references(v)
+
+  for (_, selector), params in gin.config._CONFIG.items():
+    for param, value in params.items():
+      for ref in references(value):
+        name = "/".join(ref.scopes)
+        if ref.selector == "gin.macro" and name not in defined:
+          raise ConfigError(f"{selector.rsplit('.', 1)[-1]}.{param} = %{name}: no gin file or "
+                            f"flag defines the macro {name}{_did_you_mean(name, defined)}")
+
+
+def _gin_error(flag: str, error: Exception) -> ConfigError:
+  """gin's message for ``flag``, with the closest names when it names an unknown one."""
+  message, sep, context = str(error).partition("\n")
+  if found := re.search(r"Configurable '(\w+)' doesn't have a parameter named '(\w+)'", message):
+    message = message.rstrip(".") + _did_you_mean(found.group(2), _PARAMETERS.get(found.group(1)))
+  elif found := re.search(r"No configurable matching '([\w.]+)'", message):
+    message = message.rstrip(".") + _did_you_mean(found.group(1), _CONFIGURABLES)
+  return ConfigError(f"{flag}: {message}{sep}{context}")
+
+
+def _did_you_mean(name: str, choices) -> str:
+  close = difflib.get_close_matches(name, sorted(choices or ()), n=3)
+  return f"; did you mean {' or '.join(close)}?" if close else ""
 
 
 def _configs_dir() -> str:
@@ -135,10 +177,19 @@ def _write_config(model_dir: str, text: str) -> None:
     paths.write_text(os.path.join(model_dir, "config.gin"), text)
 
 
+# Warnings that orbax and tensorflow-datasets log on every normal run (a read-only restore, our
+# own corpus builder's config), about nothing a user could change.
+_ROUTINE_WARNINGS = re.compile(r"read_only=True, setting save_interval_steps|Given directory is "
+                               r"read only|Using custom data configuration")
+
+
 def setup_logging() -> None:
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s",
                       stream=sys.stdout)
-  logging.getLogger("absl").setLevel(logging.WARNING)
+  absl = logging.getLogger("absl")
+  absl.setLevel(logging.WARNING)
+  if not absl.filters:
+    absl.addFilter(lambda record: not _ROUTINE_WARNINGS.search(record.getMessage()))
 
 
 def run(entry: str, argv=None) -> None:
@@ -146,8 +197,8 @@ def run(entry: str, argv=None) -> None:
   argv = sys.argv[1:] if argv is None else argv
   files, paths, bindings, rest = split_flags(argv)
   if rest:
-    raise ConfigError(f"unknown arguments {rest}; use --gin_file=, --gin_search_paths= and "
-                      f"--gin.NAME=VALUE")
+    raise ConfigError(f"unknown arguments {rest}; use --gin_file=, --gin_search_paths=, "
+                      f"--gin.NAME=VALUE and --verbose")
   if not files:
     raise ConfigError("no --gin_file given; e.g. --gin_file=configs/tiny.gin")
   setup_logging()

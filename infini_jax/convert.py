@@ -34,6 +34,7 @@ from infini_jax.hf.llama import (GIN_FIELDS, INFINI_FIELDS, MissingTensorError,
                                  UnexpectedTensorError, abstract_params, config_from_hf,
                                  config_from_json, config_to_json, export_hf, gin_bindings,
                                  load_hf_params, read_hf_config)
+from infini_jax.errors import UserError
 from infini_jax.model import ModelConfig
 
 __all__ = ["convert", "load_hf_params", "export_checkpoint", "hf_model_config", "recipe_settings",
@@ -127,8 +128,10 @@ def read_model_config(checkpoint_dir) -> ModelConfig:
 def main(argv=None) -> None:
   try:
     _main(sys.argv[1:] if argv is None else argv)
+  except UserError:
+    raise
   except (ValueError, FileNotFoundError, FileExistsError) as e:   # config and input errors
-    raise SystemExit(f"error: {type(e).__name__}: {e}") from None
+    raise UserError(f"{type(e).__name__}: {e}") from None
 
 
 def _main(argv) -> None:
@@ -181,4 +184,5 @@ def _main(argv) -> None:
 
 
 if __name__ == "__main__":
-  main()
+  from infini_jax import command
+  command.run(main)

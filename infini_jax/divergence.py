@@ -9,9 +9,12 @@ state of a bad step, and stops or rewinds to its newest checkpoint (train.py).
 import collections
 import math
 
+from infini_jax.errors import UserError
 
-class Diverged(RuntimeError):
-  """Training diverged and the run stopped; no checkpoint holds the diverged state."""
+
+class Diverged(UserError):
+  """Training diverged and the run stopped; no checkpoint holds the diverged state (printed as
+  one ``error:`` line by the command layer: what to change is in the message)."""
 
 
 ACTIONS = ("stop", "rewind")

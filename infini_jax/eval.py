@@ -8,7 +8,7 @@ import json
 import logging
 import os
 
-from infini_jax import checkpoint, optim, sharding, step
+from infini_jax import evaluation, optim, sharding, step
 from infini_jax.train import MeshConfig, evaluate
 
 log = logging.getLogger("infini_jax")
@@ -22,11 +22,8 @@ def run_from_train_bindings(bound: dict) -> dict:
   with sharding.activate(mesh, mesh_cfg.rules):
     tx = optim.make_optimizer(bound.get("optimizer", optim.OptimizerConfig()))
     fns = step.build(model, tx, mesh, mesh_cfg.rules, data.batch_size, data.seq_len)
-    ckpt_dir = os.path.join(model_dir, "checkpoints")
-    params, report = checkpoint.restore_params(ckpt_dir, fns.abstract_state["params"])
-    if report["missing"]:
-      raise ValueError(f"checkpoint {report['directory']} lacks parameters {report['missing']}; "
-                       f"is the gin config the one this run was trained with?")
+    params, report = evaluation.restore_params(os.path.join(model_dir, "checkpoints"),
+                                               fns.abstract_state["params"])
     scalars = evaluate(fns, {"params": params}, bound.get("eval_data") or data, model.vocab_size,
                        bound.get("eval_batches", 8))
   scalars["step"] = report["step"]
@@ -40,4 +37,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  main()
+  from infini_jax import command
+  command.run(main)

@@ -32,8 +32,8 @@ import time
 
 import numpy as np
 
-from infini_jax import cli, evaluation, paths
-from infini_jax.data import passkey
+from infini_jax import cli, command, evaluation, paths
+from infini_jax.data import passkey, text_files
 
 FLAGS = ("checkpoint", "lengths", "segments", "depths", "samples", "digits", "filler_file",
          "batch_size", "chunk_segments", "out")
@@ -161,26 +161,25 @@ def heat_map(result: dict, segment_len: int, path: str, title: str) -> None:
 def main(argv=None) -> dict:
   argv = sys.argv[1:] if argv is None else argv
   own, rest = evaluation.split_own_flags(argv, FLAGS)
+  # Our own flags first: a bad one stops before the model is restored.
+  if "lengths" in own and "segments" in own:
+    raise cli.ConfigError("give prompt lengths either as --lengths (tokens) or --segments")
+  flag = "segments" if "segments" in own else "lengths"
+  counts = evaluation.parse_list(evaluation.last(own, flag, "2K,8K,32K"), f"--{flag}",
+                                 evaluation.parse_count)
+  depths = evaluation.parse_list(evaluation.last(own, "depths", "start,middle,end"), "--depths",
+                                 parse_depth)
+  filler_text = None
+  if "filler_file" in own:
+    filler_text = text_files.read_text(own["filler_file"][-1], "--filler_file")
   cli.setup_logging()
   loaded = evaluation.load(rest, evaluation.last(own, "checkpoint"))
   model, data_cfg = loaded.model, loaded.bound["data"]
   n = model.cfg.segment_len
-  if "lengths" in own and "segments" in own:
-    raise cli.ConfigError("give prompt lengths either as --lengths (tokens) or --segments")
-  if "segments" in own:
-    lengths = [s * n for s in evaluation.parse_list(own["segments"][-1], "--segments",
-                                                    evaluation.parse_count)]
-  else:
-    lengths = evaluation.parse_list(evaluation.last(own, "lengths", "2K,8K,32K"), "--lengths",
-                                    evaluation.parse_count)
-  depths = evaluation.parse_list(evaluation.last(own, "depths", "start,middle,end"), "--depths",
-                                 parse_depth)
+  lengths = [c * n for c in counts] if flag == "segments" else counts
   ints = {k: evaluation.parse_count(evaluation.last(own, k, str(default)), f"--{k}")
           for k, default in (("samples", 10), ("batch_size", 16), ("chunk_segments", 16),
                              ("digits", getattr(data_cfg, "passkey_digits", 5)))}
-  filler_text = None
-  if "filler_file" in own:
-    filler_text = paths.read_text(own["filler_file"][-1])
   out = evaluation.last(own, "out") or evaluation.default_out(loaded.checkpoint)
   encode = evaluation.encoder(data_cfg)
   try:
@@ -204,4 +203,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-  main()
+  command.run(main)

@@ -31,7 +31,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from infini_jax import cli, evaluation, paths, sharding, step
+from infini_jax import cli, command, evaluation, paths, sharding, step
 from infini_jax.inputs import make_pipeline
 
 FLAGS = ("checkpoint", "segments", "batch_size", "batches", "baseline_checkpoint",
@@ -136,13 +136,13 @@ def _baseline(argv, own, main_files):
 def main(argv=None) -> dict:
   argv = sys.argv[1:] if argv is None else argv
   own, rest = evaluation.split_own_flags(argv, FLAGS)
+  counts = {name: evaluation.parse_count(own[name][-1], f"--{name}") if name in own else default
+            for name, default in (("segments", 32), ("batch_size", None), ("batches", None))}
   cli.setup_logging()
   rest_main = [a for a in rest if not a.startswith("--baseline_gin.")]
   loaded = evaluation.load(rest_main, evaluation.last(own, "checkpoint"))
   main_files = cli.split_flags(rest_main)[0] or [evaluation.run_config(loaded.checkpoint)]
-  count = lambda name, default: (evaluation.parse_count(own[name][-1], f"--{name}")
-                                 if name in own else default)
-  data_cfg = held_out_data(loaded.bound["data"], count("segments", 32), count("batch_size", None))
+  data_cfg = held_out_data(loaded.bound["data"], counts["segments"], counts["batch_size"])
   out = evaluation.last(own, "out") or evaluation.default_out(loaded.checkpoint)
   runs = [loaded]
   baseline = _baseline(rest, own, main_files)
@@ -152,7 +152,7 @@ def main(argv=None) -> dict:
                             f"from {loaded.model.cfg.segment_len}: the buckets would not compare")
     runs.append(baseline)
   vocab_size = max(r.model.cfg.vocab_size for r in runs)
-  totals, batches = per_segment_sums(runs, data_cfg, vocab_size, count("batches", None))
+  totals, batches = per_segment_sums(runs, data_cfg, vocab_size, counts["batches"])
   results = [dict(name=_name(r.model, r.step), checkpoint=r.checkpoint, step=r.step,
                   memory=r.model.cfg.memory, update_rule=r.model.cfg.update_rule,
                   nll_per_segment=t["nll"].tolist(), tokens_per_segment=t["weight"].tolist(),
@@ -169,4 +169,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-  main()
+  command.run(main)

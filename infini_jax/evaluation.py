@@ -27,6 +27,7 @@ import numpy as np
 from flax import nnx
 
 from infini_jax import checkpoint, cli, decode, paths, sharding, step
+from infini_jax.errors import UserError
 from infini_jax.train import MeshConfig
 
 
@@ -74,11 +75,11 @@ _SUFFIXES = {"": 1, "K": 1024, "M": 1024 ** 2, "G": 1024 ** 3}
 
 
 def parse_count(text: str, flag: str) -> int:
-  """``"2048"``, ``"32K"`` (32768) or ``"1M"`` (1048576) -> int; binary multiples, like the paper's
-  "1M tokens"."""
+  """``"2048"``, ``"32K"`` (32768) or ``"1M"`` (1048576) -> int >= 1; binary multiples, like the
+  paper's "1M tokens"."""
   match = re.fullmatch(r"\s*(\d+)\s*([kKmMgG]?)\s*", text)
-  if not match:
-    raise cli.ConfigError(f"{flag}: {text!r} is not a count like 2048, 32K or 1M")
+  if not match or int(match.group(1)) < 1:
+    raise cli.ConfigError(f"{flag}: {text!r} is not a count like 2048, 32K or 1M (at least 1)")
   return int(match.group(1)) * _SUFFIXES[match.group(2).upper()]
 
 
@@ -127,9 +128,6 @@ def checkpoint_dir(path: str | None, model_dir: str | None) -> str:
     path = os.path.join(model_dir, "checkpoints")
   if paths.isdir(os.path.join(path, "checkpoints")):
     path = os.path.join(path, "checkpoints")
-  if not paths.isdir(path):
-    raise cli.ConfigError(f"checkpoint directory {path} does not exist; pass --checkpoint=DIR "
-                          f"(a run directory or its checkpoints/)")
   return path
 
 
@@ -144,22 +142,36 @@ def default_out(checkpoint_directory: str) -> str:
 # ----------------------------------------------------------------------------- models
 
 
+def restore_params(directory: str, target, step_number: int | None = None):
+  """``checkpoint.restore_params`` for an evaluation: every parameter of ``target`` must be in
+  the checkpoint (a config that differs from the run's is an error, not a half-random model),
+  and a folder without a usable step is the user's to fix. -> (params, restore report)."""
+  if not paths.isdir(directory):
+    raise UserError(f"checkpoint directory {directory} does not exist; point --checkpoint=DIR "
+                    f"(or MODEL_DIR) at a run directory or its checkpoints/")
+  try:
+    params, report = checkpoint.restore_params(directory, target, step_number)
+  except FileNotFoundError as e:   # no step at all, or none that restores
+    raise UserError(f"{e}; point --checkpoint=DIR (or MODEL_DIR) at a run directory, or its "
+                    f"checkpoints/, holding a saved step that restores") from e
+  if report["missing"]:
+    raise UserError(f"checkpoint {report['directory']} lacks parameters {report['missing']}; "
+                    f"is the gin config the one this run was trained with (e.g. "
+                    f"ModelConfig.memory)?")
+  return params, report
+
+
 def restore_model(model_cfg, directory: str, mesh: jax.sharding.Mesh, rules,
                   step_number: int | None = None):
   """The model of ``model_cfg`` with the parameters of a checkpoint -> (model, restore report).
 
   Each parameter is read straight into its shards over ``mesh`` (by its logical axes and
-  ``rules``), so no device ever holds more than its part. Every parameter of the model must be in
-  the checkpoint (a config that differs from the run's is an error, not a half-random model).
+  ``rules``), so no device ever holds more than its part.
   """
   graphdef, abstract = step.abstract_model(model_cfg)
   target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                         nnx.to_pure_dict(abstract), sharding.param_shardings(abstract, mesh, rules))
-  params, report = checkpoint.restore_params(directory, target, step_number)
-  if report["missing"]:
-    raise ValueError(f"checkpoint {report['directory']} lacks parameters {report['missing']}; "
-                     f"is the gin config the one this run was trained with (e.g. "
-                     f"ModelConfig.memory)?")
+  params, report = restore_params(directory, target, step_number)
   nnx.replace_by_pure_dict(abstract, params)
   return nnx.merge(graphdef, abstract), report
 

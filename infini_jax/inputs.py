@@ -10,6 +10,9 @@ import dataclasses
 import jax
 import numpy as np
 
+from infini_jax.data.config import check_batch_shape
+from infini_jax.errors import UserError
+
 
 @dataclasses.dataclass(frozen=True)
 class SyntheticData:
@@ -24,6 +27,9 @@ class SyntheticData:
   seed: int = 0
   poison_batches: tuple = ()
 
+  def __post_init__(self):
+    check_batch_shape(self.batch_size, self.seq_len, self.segment_len)
+
 
 class SyntheticPipeline:
   """Per-host view of :class:`SyntheticData`: process i takes rows [i*local, (i+1)*local).
@@ -34,8 +40,8 @@ class SyntheticPipeline:
   def __init__(self, cfg: SyntheticData, vocab_size: int, shard_index: int, num_shards: int,
                start_position: int = 0, split: str = "train"):
     if cfg.batch_size % num_shards:
-      raise ValueError(f"global batch_size {cfg.batch_size} is not divisible by {num_shards} "
-                       f"processes; set the batch size to a multiple of {num_shards}")
+      raise UserError(f"global batch_size {cfg.batch_size} is not divisible by {num_shards} "
+                      f"processes; set the batch size to a multiple of {num_shards}")
     self.cfg, self.vocab_size = cfg, vocab_size
     self.rows = slice(shard_index * cfg.batch_size // num_shards,
                       (shard_index + 1) * cfg.batch_size // num_shards)

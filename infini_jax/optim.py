@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from infini_jax.errors import UserError
+
 log = logging.getLogger("infini_jax")
 
 NAMES = ("adamw", "adafactor")
@@ -212,18 +214,18 @@ def _is_int(value) -> bool:
 
 def _check(key: str, value, ok: bool, requirement: str) -> None:
   if not ok:
-    raise ValueError(f"optimizer.{key}={value!r} {requirement} (gin: OptimizerConfig.{key})")
+    raise UserError(f"optimizer.{key}={value!r} {requirement} (gin: OptimizerConfig.{key})")
 
 
 def _check_choice(key: str, value, allowed: tuple) -> None:
   if value not in allowed:
-    raise ValueError(f'optimizer.{key}="{value}" is not one of {", ".join(allowed)} '
-                     f"(gin: OptimizerConfig.{key})")
+    raise UserError(f'optimizer.{key}="{value}" is not one of {", ".join(allowed)} '
+                    f"(gin: OptimizerConfig.{key})")
 
 
 def _check_regex(key: str, pattern) -> None:
   try:
     re.compile(pattern)
   except (re.error, TypeError) as e:
-    raise ValueError(f"optimizer.{key}: {pattern!r} is not a regular expression ({e}) "
-                     f"(gin: OptimizerConfig.{key})") from None
+    raise UserError(f"optimizer.{key}: {pattern!r} is not a regular expression ({e}) "
+                    f"(gin: OptimizerConfig.{key})") from None

@@ -13,6 +13,8 @@ import threading
 import jax
 from flax import linen
 
+from infini_jax.errors import UserError
+
 # (logical name, mesh axes) pairs in order of precedence; a mesh axis is used once per array.
 DEFAULT_RULES = (
     ("batch", ("data", "fsdp")),
@@ -69,19 +71,20 @@ def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1, devices=None) -> j
   devices = list(devices if devices is not None else jax.devices())
   sizes = [data, fsdp, tensor]
   if sizes.count(-1) > 1:
-    raise ValueError(f"mesh sizes data={data}, fsdp={fsdp}, tensor={tensor}: at most one may be -1")
+    raise UserError(f"mesh sizes data={data}, fsdp={fsdp}, tensor={tensor}: at most one may be -1")
   known = 1
   for s in sizes:
     known *= s if s != -1 else 1
   if -1 in sizes:
     if len(devices) % known:
-      raise ValueError(f"{len(devices)} devices cannot be split into mesh data={data}, fsdp={fsdp}, "
-                       f"tensor={tensor}: {len(devices)} is not a multiple of {known}")
+      raise UserError(f"{len(devices)} devices cannot be split into mesh data={data}, fsdp={fsdp}, "
+                      f"tensor={tensor}: {len(devices)} is not a multiple of {known}; set "
+                      f"MeshConfig sizes whose product divides {len(devices)}")
     sizes[sizes.index(-1)] = len(devices) // known
   if sizes[0] * sizes[1] * sizes[2] != len(devices):
-    raise ValueError(f"mesh data={sizes[0]} x fsdp={sizes[1]} x tensor={sizes[2]} needs "
-                     f"{sizes[0] * sizes[1] * sizes[2]} devices, but {len(devices)} are present; "
-                     f"set one of the sizes to -1 to take the rest")
+    raise UserError(f"mesh data={sizes[0]} x fsdp={sizes[1]} x tensor={sizes[2]} needs "
+                    f"{sizes[0] * sizes[1] * sizes[2]} devices, but {len(devices)} are present; "
+                    f"set one of the sizes to -1 to take the rest")
   return jax.make_mesh(tuple(sizes), MESH_AXES, devices=devices,
                        axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
 
@@ -102,7 +105,7 @@ def named_sharding(mesh, shape, names, rules, what: str) -> jax.sharding.NamedSh
   for dim, (size, axes) in enumerate(zip(shape, tuple(spec) + (None,) * len(shape))):
     n = _axis_size(mesh, axes)
     if size % n:
-      raise ValueError(
+      raise UserError(
           f"{what}: dimension {dim} ({names[dim]}) of size {size} is not divisible by mesh axes "
           f"{axes} of size {n}; change the mesh sizes or the sharding rule for '{names[dim]}'")
   return jax.sharding.NamedSharding(mesh, spec)

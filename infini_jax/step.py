@@ -15,6 +15,7 @@ import optax
 from flax import nnx
 
 from infini_jax import loss, sharding
+from infini_jax.errors import UserError
 from infini_jax.model import InfiniTransformer, ModelConfig, scan_segments
 
 # "inputs", "targets" int32 [batch, seq]; "loss_mask" float32 [batch, seq]; optionally
@@ -74,8 +75,8 @@ def build(cfg: ModelConfig, tx: optax.GradientTransformation, mesh, rules, globa
   cfg.num_segments(seq_len)
   loss.check_chunk(loss_chunk, cfg.segment_len)
   if global_batch % grad_accum_steps:
-    raise ValueError(f"global batch {global_batch} is not divisible by grad_accum_steps="
-                     f"{grad_accum_steps}; change train.grad_accum_steps or the batch size")
+    raise UserError(f"global batch {global_batch} is not divisible by grad_accum_steps="
+                    f"{grad_accum_steps}; change train.grad_accum_steps or the batch size")
   graphdef, abstract_params = abstract_model(cfg)
   params_shardings = sharding.param_shardings(abstract_params, mesh, rules)
   abstract_pure = nnx.to_pure_dict(abstract_params)

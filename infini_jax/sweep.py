@@ -76,8 +76,9 @@ import typing
 
 import numpy as np
 
-from infini_jax import cli, paths, sweep_summary
+from infini_jax import cli, command, paths, sweep_summary
 from infini_jax.cli import ConfigError
+from infini_jax.errors import UserError, one_line
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KINDS = ("grid", "random", "list")
@@ -312,8 +313,8 @@ def validate(runs: list, files: list, search_paths: list, base: list, sweep_dir:
                 base + swept + [("", f"{dir_key} = {json.dumps(model_dir)}")])
       bound = cli.bindings_of("train")
       check_kinds(bound)
-    except ConfigError as e:
-      raise ConfigError(f"{label}: {str(e.code).removeprefix('error: ')}") from None
+    except UserError as e:
+      raise ConfigError(f"{label}: {one_line(e)}") from None
     except Exception as e:   # a config's own validation (ValueError, TypeError, ...)
       raise ConfigError(f"{label}: {type(e).__name__}: {e}") from None
     steps.append(bound.get("steps"))
@@ -598,4 +599,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  command.run(main)

@@ -15,6 +15,7 @@ import jax
 import numpy as np
 
 from infini_jax import checkpoint, distributed, divergence, flops, optim, paths, sharding, step
+from infini_jax.errors import UserError
 from infini_jax.inputs import make_pipeline
 from infini_jax.model import ModelConfig
 from infini_jax.progress import Progress
@@ -66,8 +67,14 @@ def train(*, model: ModelConfig, optimizer: optim.OptimizerConfig, data, model_d
   distributed.initialize()
   paths.makedirs(model_dir)
   if data.segment_len != model.segment_len:
-    raise ValueError(f"data segment_len {data.segment_len} differs from the model's "
-                     f"{model.segment_len}; bind both to the macro SEGMENT_LEN")
+    raise UserError(f"data segment_len {data.segment_len} differs from the model's "
+                    f"{model.segment_len}; bind both to the macro SEGMENT_LEN")
+  for name, value, least in (("steps", steps, 0), ("log_every", log_every, 1),
+                             ("checkpoint_every", checkpoint_every, 1),
+                             ("keep_checkpoints", keep_checkpoints, 1),
+                             ("eval_every", eval_every, 0), ("eval_batches", eval_batches, 1)):
+    if value < least:
+      raise UserError(f"train.{name}={value} must be >= {least}; set --gin.train.{name}")
   tx = optim.make_optimizer(optimizer, step.abstract_model(model)[1])   # checks its patterns
   schedule = optim.make_schedule(optimizer)
   device_mesh = mesh.build()
@@ -275,4 +282,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  main()
+  from infini_jax import command
+  command.run(main)

@@ -21,7 +21,6 @@ is rented.
 import json
 import math
 import os
-import sys
 import time
 
 HEADROOM = 0.10   # of a device's memory, left free for the runtime and fragmentation
@@ -166,4 +165,5 @@ def main(argv) -> dict:
 
 
 if __name__ == "__main__":
-  sys.exit(1 if main(sys.argv[1:])["fits"] is False else 0)
+  from infini_jax import command
+  command.run(lambda argv: 1 if main(argv)["fits"] is False else 0)

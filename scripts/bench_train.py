@@ -195,4 +195,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  main()
+  from infini_jax import command
+  command.run(main)

@@ -24,7 +24,7 @@ from flax import nnx
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from infini_jax import checkpoint, cli, evaluation, paths, step  # noqa: E402
+from infini_jax import checkpoint, cli, command, evaluation, paths, step  # noqa: E402
 
 FLAGS = ("checkpoint", "logdir", "out")
 TAG = re.compile(r"gates/layer_(\d+)/head_(\d+)$")
@@ -137,4 +137,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-  main()
+  command.run(main)

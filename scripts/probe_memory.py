@@ -27,7 +27,8 @@ from flax import nnx
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from infini_jax import eval_passkey, evaluation, paths  # noqa: E402
+from infini_jax import command, evaluation, eval_passkey, paths  # noqa: E402
+from infini_jax.errors import UserError  # noqa: E402
 from infini_jax.data import passkey  # noqa: E402
 from infini_jax.memory import sigma  # noqa: E402
 
@@ -91,7 +92,7 @@ def main(argv=None) -> dict:
   loaded = evaluation.load(gin_argv, evaluation.last(own, "checkpoint"))
   model, cfg = loaded.model, loaded.model.cfg
   if cfg.memory != "infini":
-    raise SystemExit(f"ModelConfig.memory is {cfg.memory!r}: there is no memory to probe")
+    raise UserError(f"ModelConfig.memory is {cfg.memory!r}: there is no memory to probe")
   segments = evaluation.parse_list(evaluation.last(own, "segments", "16,64,256"), "--segments",
                                    evaluation.parse_count)
   samples = evaluation.parse_count(evaluation.last(own, "samples", "8"), "--samples")
@@ -123,4 +124,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-  main()
+  command.run(main)

@@ -17,13 +17,14 @@ from typing import Iterator
 import sentencepiece as spm
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from infini_jax import command  # noqa: E402
 from infini_jax.data import text_files  # noqa: E402  (pure Python, no TensorFlow)
 
 
 def _chunks(pattern: str, text_key: str, max_chars: int, size: int = 2000) -> Iterator[str]:
   """Pieces of about `size` characters cut at line ends, newlines kept, so they get tokens."""
   budget = max_chars
-  for _, text in text_files.iter_documents(text_files.list_files(pattern), text_key):
+  for _, text in text_files.iter_documents(text_files.list_files(pattern, "--corpus"), text_key):
     piece = ""
     for line in text.splitlines(keepends=True):
       piece += line
@@ -74,4 +75,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  main()
+  command.run(main)

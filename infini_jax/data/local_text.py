@@ -10,6 +10,7 @@ import dataclasses
 import os
 from typing import Sequence
 
+from infini_jax.data import quiet_tf  # noqa: F401, I001  (first: a quiet TensorFlow import)
 import tensorflow_datasets as tfds
 
 from infini_jax.data import text_files

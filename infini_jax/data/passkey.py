@@ -17,6 +17,8 @@ from typing import Callable, Union
 
 import numpy as np
 
+from infini_jax.errors import UserError
+
 INSTRUCTION = ("There is an important info hidden inside a lot of irrelevant text. Find it and "
                "memorize it. I will quiz you about the important information there.")
 FILLER = (" The grass is green. The sky is blue. The sun is yellow. Here we go. There and back "
@@ -40,7 +42,7 @@ def example_seed(split: str, index: int) -> int:
 def make_key(seed: int, digits: int) -> str:
   """A `digits`-digit pass key (no leading zero) drawn from `seed`."""
   if digits < 1:
-    raise ValueError(f"digits {digits} must be >= 1")
+    raise UserError(f"digits {digits} must be >= 1")
   rng = np.random.default_rng([seed, 0])
   return str(int(rng.integers(10 ** (digits - 1), 10 ** digits)))
 
@@ -60,7 +62,7 @@ def make_example(vocab_or_encode_fn, length_tokens: int, depth: Union[float, str
   encode = _encoder(vocab_or_encode_fn)
   depth = DEPTHS.get(depth, depth) if isinstance(depth, str) else float(depth)
   if not isinstance(depth, float) or not 0.0 <= depth <= 1.0:
-    raise ValueError(f"depth {depth!r} must be a fraction in [0, 1] or one of {sorted(DEPTHS)}")
+    raise UserError(f"depth {depth!r} must be a fraction in [0, 1] or one of {sorted(DEPTHS)}")
   key = make_key(seed, digits)
   key_toks = encode(" " + key)
   head, tail = encode(" The pass key is"), encode(". Remember it.")
@@ -69,11 +71,11 @@ def make_example(vocab_or_encode_fn, length_tokens: int, depth: Union[float, str
   fixed = len(prefix) + sum(map(len, key_sentence)) + len(question)
   n_filler = length_tokens - fixed
   if n_filler < 0:
-    raise ValueError(f"length_tokens {length_tokens} is too short for the passkey prompt, which "
-                     f"needs at least {fixed} tokens with {digits} digits; ask for more tokens")
+    raise UserError(f"length_tokens {length_tokens} is too short for the passkey prompt, which "
+                    f"needs at least {fixed} tokens with {digits} digits; ask for more tokens")
   unit = encode(FILLER if filler_text is None else filler_text)
   if len(unit) == 0:
-    raise ValueError("filler_text encodes to no tokens; give a non-empty filler text")
+    raise UserError("filler_text encodes to no tokens; give a non-empty filler text")
   # The filler region ends on a whole repetition of the unit so the question follows a complete
   # sentence; the key goes at a repetition boundary near the asked depth.
   offset = -n_filler % len(unit)

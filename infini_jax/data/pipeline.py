@@ -9,11 +9,13 @@ from __future__ import annotations
 
 
 import numpy as np
+from infini_jax.data import quiet_tf  # noqa: F401, I001  (first: a quiet TensorFlow import)
 import seqio
 import tensorflow as tf
 
 from infini_jax.data import tasks
 from infini_jax.data.config import DataConfig
+from infini_jax.errors import UserError
 
 # TensorFlow only feeds the input pipeline here; keep it off the accelerators JAX uses.
 tf.config.set_visible_devices([], "GPU")
@@ -28,8 +30,8 @@ class Pipeline:
     if not 0 <= shard_index < num_shards:
       raise ValueError(f"shard_index {shard_index} must be in [0, num_shards={num_shards})")
     if cfg.batch_size % num_shards:
-      raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {num_shards} "
-                       f"processes; set batch_size to a multiple of {num_shards}")
+      raise UserError(f"batch_size {cfg.batch_size} is not divisible by the {num_shards} "
+                      f"processes; set batch_size to a multiple of {num_shards}")
     self.cfg, self.split = cfg, split
     self.shard_index, self.num_shards = shard_index, num_shards
     self.local_batch_size = cfg.batch_size // num_shards

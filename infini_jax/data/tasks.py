@@ -21,13 +21,15 @@ import dataclasses
 import functools
 import hashlib
 
+from infini_jax.data import quiet_tf  # noqa: F401, I001  (first: a quiet TensorFlow import)
 import seqio
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from infini_jax.data import corpus, local_text, passkey
+from infini_jax.data import corpus, local_text, passkey, text_files
 from infini_jax.data.config import DataConfig
 from infini_jax.data.vocab import get_vocabulary
+from infini_jax.errors import UserError
 
 FEATURES = ("inputs", "targets", "loss_mask", "memory_weight")
 SHUFFLE_BUFFER = 1000  # examples
@@ -223,15 +225,14 @@ def _register_passkey_task(cfg: DataConfig) -> str:
   if task not in seqio.TaskRegistry.names():
     filler = None
     if cfg.passkey_filler:
-      with open(cfg.passkey_filler, encoding="utf-8") as f:
-        filler = f.read()
+      filler = text_files.read_text(cfg.passkey_filler, "DataConfig.passkey_filler")
     vocab = get_vocabulary(cfg.vocabulary)
     shortest = cfg.passkey_segments[0] * cfg.segment_len
     try:
       passkey.training_example(vocab, 0, cfg.segment_len, (cfg.passkey_segments[0],) * 2,
                                cfg.passkey_digits, filler)
     except ValueError as e:
-      raise ValueError(
+      raise UserError(
           f"passkey examples of {cfg.passkey_segments[0]} segments ({shortest} tokens) are "
           f"shorter than the passkey prompt ({e}); raise passkey_segments[0] or "
           "segment_len") from None
@@ -255,16 +256,16 @@ def task_name(cfg: DataConfig) -> str:
   if cfg.passkey_rate and mixture_of not in corpus.CORPORA:
     fix = (f"set task='{name}_passkey' or passkey_rate=0" if name in corpus.CORPORA
            else "set DataConfig.passkey_rate=0")
-    raise ValueError(f"passkey_rate {cfg.passkey_rate} applies to '<corpus>_passkey' mixtures, "
-                     f"not task {name!r}; {fix}")
+    raise UserError(f"passkey_rate {cfg.passkey_rate} applies to '<corpus>_passkey' mixtures, "
+                    f"not task {name!r}; {fix}")
   if name in corpus.CORPORA:
     return _register_corpus_task(name, cfg)
   if name == "passkey":
     return _register_passkey_task(cfg)
   if mixture_of in corpus.CORPORA:
     if not cfg.passkey_rate:
-      raise ValueError(f"task {name!r} mixes in passkey examples at passkey_rate, which is 0; "
-                       f"set passkey_rate in (0, 1), e.g. {DEFAULT_PASSKEY_RATE}")
+      raise UserError(f"task {name!r} mixes in passkey examples at passkey_rate, which is 0; "
+                      f"set passkey_rate in (0, 1), e.g. {DEFAULT_PASSKEY_RATE}")
     parts = (_register_corpus_task(mixture_of, cfg), _register_passkey_task(cfg))
     mixture = name
     if parts != (mixture_of, "passkey") or cfg.passkey_rate != DEFAULT_PASSKEY_RATE:
@@ -275,8 +276,8 @@ def task_name(cfg: DataConfig) -> str:
     return mixture
   if name in seqio.TaskRegistry.names() or name in seqio.MixtureRegistry.names():
     return name
-  raise ValueError(f"unknown task {name!r}; use one of {sorted(corpus.CORPORA)}, 'passkey', "
-                   "'<corpus>_passkey', or register a seqio task first")
+  raise UserError(f"unknown task {name!r}; use one of {sorted(corpus.CORPORA)}, 'passkey', "
+                  "'<corpus>_passkey', or register a seqio task first")
 
 
 def _register_defaults():

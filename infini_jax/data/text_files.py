@@ -13,21 +13,29 @@ import json
 import os
 from typing import Iterator, Sequence
 
+from infini_jax.errors import UserError
+
 SUFFIXES = (".txt", ".txt.gz", ".jsonl")
 
 
-def list_files(pattern: str) -> list[str]:
-  """Sorted absolute paths of the text files in a folder (recursively) or matching a glob."""
+def list_files(pattern: str, setting: str = "corpus_pattern") -> list[str]:
+  """Sorted absolute paths of the text files in a folder (recursively) or matching a glob.
+
+  ``setting``: what the user set the pattern with, for the error messages.
+  """
   path = os.path.expanduser(pattern)
   if os.path.isdir(path):
     found = [os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs]
   else:
     found = glob.glob(path, recursive=True)
   files = sorted(os.path.abspath(f) for f in found if f.endswith(SUFFIXES) and os.path.isfile(f))
+  if not glob.has_magic(path) and not os.path.exists(path):
+    raise UserError(f"corpus folder {pattern!r} does not exist; set {setting} to a folder or a "
+                    "glob (e.g. '/data/books/*.txt') of .txt, .jsonl or .txt.gz files")
   if not files:
-    raise ValueError(
-        f"no .txt, .jsonl or .txt.gz files found at {pattern!r}; set corpus_pattern to a folder "
-        "or a glob (e.g. '/data/books/*.txt') of such files")
+    raise UserError(
+        f"no .txt, .jsonl or .txt.gz files found at {pattern!r}; set {setting} to a folder or a "
+        "glob (e.g. '/data/books/*.txt') of such files")
   return files
 
 
@@ -39,9 +47,19 @@ def _decode(path: str, data: bytes) -> str:
   try:
     return data.decode("utf-8")
   except UnicodeDecodeError as e:
-    raise ValueError(
+    raise UserError(
         f"{path} is not UTF-8 text (invalid byte at offset {e.start}); convert it to UTF-8 "
-        f"(e.g. `iconv -f latin1 -t utf-8 IN > OUT`) or remove it from the corpus") from None
+        f"(e.g. `iconv -f latin1 -t utf-8 IN > OUT`) or leave it out") from None
+
+
+def read_text(path: str, what: str) -> str:
+  """The UTF-8 text of a file the user named (``what``: the flag or setting that named it)."""
+  try:
+    with open(os.path.expanduser(path), "rb") as f:
+      data = f.read()
+  except OSError as e:
+    raise UserError(f"{what}={path}: cannot read it ({e.strerror}); check the path") from None
+  return _decode(path, data)
 
 
 def read_documents(path: str, root: str, text_key: str = "text") -> Iterator[tuple[str, str]]:
@@ -61,11 +79,11 @@ def read_documents(path: str, root: str, text_key: str = "text") -> Iterator[tup
     try:
       record = json.loads(_decode(f"{path}:{lineno}", line))
     except json.JSONDecodeError as e:
-      raise ValueError(f"{path}:{lineno} is not valid JSON ({e.msg}); write one JSON object "
-                       "per line") from None
+      raise UserError(f"{path}:{lineno} is not valid JSON ({e.msg}); write one JSON object "
+                      "per line") from None
     if not isinstance(record, dict) or not isinstance(record.get(text_key), str):
-      raise ValueError(f"{path}:{lineno} has no string field {text_key!r}; write "
-                       f'{{"{text_key}": "..."}} per line or set text_key')
+      raise UserError(f"{path}:{lineno} has no string field {text_key!r}; write "
+                      f'{{"{text_key}": "..."}} per line or set text_key')
     if record[text_key].strip():
       yield f"{rel}:{lineno}", record[text_key]
 
@@ -85,18 +103,18 @@ def validation_ids(doc_ids: Sequence[str], validation_files: Sequence[str] = (),
   least one), chosen by a hash of their ids so the choice never depends on file order.
   """
   if len(doc_ids) < 2:
-    raise ValueError(f"the corpus has {len(doc_ids)} non-empty document(s); a train and a "
-                     "validation split need at least 2: add documents")
+    raise UserError(f"the corpus has {len(doc_ids)} non-empty document(s); a train and a "
+                    "validation split need at least 2: add documents")
   if validation_files:
     wanted = set(validation_files)
     picked = {d for d in doc_ids
               if d.split(":")[0] in wanted or os.path.basename(d.split(":")[0]) in wanted}
     seen = {d.split(":")[0] for d in picked} | {os.path.basename(d.split(":")[0]) for d in picked}
     if wanted - seen:
-      raise ValueError(f"validation files {sorted(wanted - seen)} are not in the corpus; "
-                       "fix the names in validation_files")
+      raise UserError(f"validation files {sorted(wanted - seen)} are not in the corpus; "
+                      "fix the names in validation_files")
     if len(picked) == len(doc_ids):
-      raise ValueError("validation_files cover the whole corpus; leave some files for train")
+      raise UserError("validation_files cover the whole corpus; leave some files for train")
     return picked
   by_hash = sorted(doc_ids, key=lambda d: hashlib.sha1(d.encode()).hexdigest())
   n = min(len(doc_ids) - 1, max(1, round(validation_fraction * len(doc_ids))))

@@ -4,6 +4,8 @@ import dataclasses
 
 import jax.numpy as jnp
 
+from infini_jax.errors import UserError
+
 MEMORY_KINDS = ("infini", "none")
 REMAT_POLICIES = ("segment", "segment_and_layer", "none")
 ATTENTION_IMPLS = ("auto", "xla", "cudnn", "splash", "reference")
@@ -63,13 +65,13 @@ class ModelConfig:
   def __post_init__(self):
     def one_of(key, value, allowed):
       if value not in allowed:
-        raise ValueError(f"ModelConfig.{key}={value!r} is not one of {', '.join(map(str, allowed))}")
+        raise UserError(f"ModelConfig.{key}={value!r} is not one of {', '.join(map(str, allowed))}")
 
     if self.rope_scaling is not None:
       pairs = tuple(sorted(dict(self.rope_scaling).items()))
       if tuple(k for k, _ in pairs) != ROPE_SCALING_KEYS:
-        raise ValueError(f"ModelConfig.rope_scaling={self.rope_scaling!r} must have exactly the "
-                         f"keys {', '.join(ROPE_SCALING_KEYS)}")
+        raise UserError(f"ModelConfig.rope_scaling={self.rope_scaling!r} must have exactly the "
+                        f"keys {', '.join(ROPE_SCALING_KEYS)}")
       object.__setattr__(self, "rope_scaling", pairs)
     one_of("memory", self.memory, MEMORY_KINDS)
     one_of("update_rule", self.update_rule, ("linear", "delta"))
@@ -79,17 +81,18 @@ class ModelConfig:
     for key in ("vocab_size", "num_layers", "d_model", "num_heads", "num_kv_heads", "mlp_dim",
                 "segment_len"):
       if getattr(self, key) <= 0:
-        raise ValueError(f"ModelConfig.{key}={getattr(self, key)} must be positive")
+        raise UserError(f"ModelConfig.{key}={getattr(self, key)} must be positive")
     if self.head_dim is None and self.d_model % self.num_heads:
-      raise ValueError(
+      raise UserError(
           f"d_model={self.d_model} is not divisible by num_heads={self.num_heads}; change one of "
           f"them or set head_dim explicitly")
     if self.num_heads % self.num_kv_heads:
-      raise ValueError(
+      raise UserError(
           f"num_heads={self.num_heads} is not divisible by num_kv_heads={self.num_kv_heads}; "
-          f"each key/value head must serve the same number of query heads")
+          f"set num_kv_heads to a divisor of num_heads (each key/value head serves the same "
+          f"number of query heads)")
     if self.dim_per_head % 2:
-      raise ValueError(f"head dimension {self.dim_per_head} must be even for RoPE; set head_dim")
+      raise UserError(f"head dimension {self.dim_per_head} must be even for RoPE; set head_dim")
 
   @property
   def dim_per_head(self) -> int:
@@ -107,7 +110,7 @@ class ModelConfig:
   def num_segments(self, seq_len: int) -> int:
     """Segments in a sequence of ``seq_len`` tokens; raises unless seq_len is a multiple of N."""
     if seq_len <= 0 or seq_len % self.segment_len:
-      raise ValueError(
+      raise UserError(
           f"sequence length {seq_len} is not a multiple of segment_len {self.segment_len}; set "
           f"SEQ_LEN to a multiple of {self.segment_len} (or change SEGMENT_LEN)")
     return seq_len // self.segment_len

@@ -1,0 +1,37 @@
+"""Errors in what a user gave: a flag, a config value, a file or folder.
+
+A :class:`UserError` says what is wrong with which input and how to fix it. The command line
+(``cli.command``) prints it as one ``error: ...`` line and exits with status 2; any other
+exception is a bug and keeps its traceback (status 1). Importable without gin, JAX or TensorFlow,
+so configs and data readers raise it where they check their input.
+"""
+
+import re
+
+
+class UserError(ValueError):
+  """Bad input: the message names the input, the problem and the fix.
+
+  A ``ValueError``, so callers that catch those (and tests that expect them) still do.
+  """
+
+
+def one_line(error: BaseException) -> str:
+  """The message of ``error`` as one line.
+
+  gin appends its context on lines of their own ("In call to configurable 'DataConfig' (...)",
+  'In file "x.gin", line 3'): a config class becomes a prefix (it says whose field the message
+  names; a function such as ``train`` says nothing the command did not), a file's line a suffix,
+  and the rest of the context (the binding, which the message already names) is left out.
+  """
+  message, *context = str(error).split("\n  In ")
+  message = " ".join(line.strip() for line in message.splitlines() if line.strip())
+  # gin adds a context per configurable the error passed through, innermost first.
+  configurables = [m.group(1) for part in context
+                   if (m := re.match(r"call to configurable '([^']+)'", part))]
+  if configurables and configurables[0][0].isupper() and not message.startswith(configurables[0]):
+    message = f"{configurables[0]}: {message}"
+  for part in context:
+    if where := re.match(r'file "([^"]+)", line (\d+)', part):
+      message += f" ({where.group(1)}, line {where.group(2)})"
+  return message
