@@ -23,6 +23,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from infini_jax import paths
+from infini_jax.errors import UserError
 
 FORMAT = "infini_jax.checkpoint/1"
 _ITEMS = ("state", "meta")
@@ -32,7 +33,7 @@ class CheckpointWarning(UserWarning):
   """A checkpoint step was skipped (it failed to load or to verify)."""
 
 
-class SaveError(RuntimeError):
+class SaveError(UserError):
   """An (async) save failed: out of space, a folder removed under it. The steps that finished
   before it are whole; the half-written one is never listed (orbax's temporary folder)."""
 
@@ -236,7 +237,7 @@ class Checkpointer:
       first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
       done = sorted(self._manager.all_steps())
       raise SaveError(
-          f"saving checkpoint step {self._started} in {self.directory} failed: {first[:400]}. "
+          f"saving checkpoint step {self._started} in {self.directory} failed: {first[:1000]}. "
           f"Complete steps on disk: {done or 'none'}. Free space or restore the folder, then run "
           f"the same command again: it resumes from the newest good step") from e
 
