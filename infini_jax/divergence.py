@@ -25,11 +25,11 @@ class Guard:
 
   def __init__(self, spike_factor: float | None = None, window: int = 100, min_history: int = 10):
     if spike_factor is not None and spike_factor <= 1.0:
-      raise ValueError(f"spike_factor={spike_factor} must be > 1 (a loss that many times the "
-                       f"running mean is a spike) or None to detect only non-finite losses; set "
-                       f"train.spike_factor")
+      raise UserError(f"spike_factor={spike_factor} must be > 1 (a loss that many times the "
+                      f"running mean is a spike) or None to detect only non-finite losses; set "
+                      f"train.spike_factor")
     if window < 1:
-      raise ValueError(f"spike_window={window} must be >= 1; set train.spike_window")
+      raise UserError(f"spike_window={window} must be >= 1; set train.spike_window")
     self.spike_factor = spike_factor
     self.min_history = min(min_history, window)
     self._recent = collections.deque(maxlen=window)

@@ -62,8 +62,9 @@ def train(*, model: ModelConfig, optimizer: optim.OptimizerConfig, data, model_d
       Either way no checkpoint ever holds a diverged state.
   """
   if on_divergence not in divergence.ACTIONS:
-    raise ValueError(f"train.on_divergence={on_divergence!r}; expected one of "
-                     f"{', '.join(map(repr, divergence.ACTIONS))}")
+    raise UserError(f"train.on_divergence={on_divergence!r}; expected one of "
+                    f"{', '.join(map(repr, divergence.ACTIONS))}")
+  guard = divergence.Guard(spike_factor, spike_window)   # checks its settings before any work
   distributed.initialize()
   paths.makedirs(model_dir)
   if data.segment_len != model.segment_len:
@@ -99,7 +100,6 @@ def train(*, model: ModelConfig, optimizer: optim.OptimizerConfig, data, model_d
                         (flops.train_flops_per_token(model, True),
                          flops.train_flops_per_token(model, False)),
                         flops.peak_flops_per_device(peak_flops_per_device))
-    guard = divergence.Guard(spike_factor, spike_window)
     preemption = Preemption()
     last, rewinds = {}, 0
     try:
