@@ -7,12 +7,7 @@ which is noisy on a shared machine (compile times are printed, and reported in B
 the 8B config on 64 devices).
 """
 
-import json
-import os
-import subprocess
-import sys
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import fake_devices
 
 SCRIPT = r"""
 import json, sys, time
@@ -37,15 +32,8 @@ for segments in (4, 64):
 print("RESULT " + json.dumps(out))
 """
 
-
 def test_train_step_size_flat_in_segments():
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
-         "JAX_PLATFORMS": "cpu"}
-  done = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env,
-                        cwd=ROOT, timeout=600)
-  assert done.returncode == 0, done.stderr[-3000:]
-  line = next(l for l in done.stdout.splitlines() if l.startswith("RESULT "))
-  out = json.loads(line[len("RESULT "):])
+  out = fake_devices.run(SCRIPT, timeout=600)
   few, many = out["4"], out["64"]
   print(f"4 segments: {few}; 64 segments: {many}")
   assert out["devices"] == 8

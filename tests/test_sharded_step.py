@@ -10,14 +10,9 @@ One subprocess (the device count is fixed when JAX starts) compiles the step on 
   device, and a forward fed a replicated memory returns it sharded.
 """
 
-import json
-import os
-import subprocess
-import sys
-
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import fake_devices
 
 SCRIPT = r"""
 import json, re
@@ -69,16 +64,8 @@ with sharding.activate(mesh, rules):
 print("RESULT " + json.dumps(out))
 """
 
-
 def run_script() -> dict:
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
-         "JAX_PLATFORMS": "cpu"}
-  done = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env,
-                        cwd=ROOT, timeout=900)
-  assert done.returncode == 0, done.stderr[-3000:]
-  line = next(l for l in done.stdout.splitlines() if l.startswith("RESULT "))
-  return json.loads(line[len("RESULT "):])
-
+  return fake_devices.run(SCRIPT, timeout=900)
 
 def test_micro_batches_stay_on_their_devices_and_the_memory_carry_is_sharded():
   out = run_script()
@@ -93,7 +80,6 @@ def test_micro_batches_stay_on_their_devices_and_the_memory_carry_is_sharded():
   # [layers 2, batch 8 / fsdp 4, kv_heads 2 / tensor 2, d, d] on every device, in every loop.
   assert out["carried_M"] == ["f32[2,2,1,8,8]"], out["carried_M"]
   assert out["returned"] == [[[2, 1, 8, 8], [2, 1, 8]]] * 2, out["returned"]
-
 
 def _leaves(tree):
   if isinstance(tree, dict):

@@ -3,11 +3,6 @@
 The same kernel is compiled for a TPU in tests/test_tpu_compile.py (there "auto" picks it).
 """
 
-import json
-import os
-import subprocess
-import sys
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,8 +10,7 @@ import pytest
 
 from infini_jax.model.attention import local_attention, resolve_impl
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
+import fake_devices
 
 def numpy_causal_attention(q, k, v):
   """Eq. 6 written out: softmax(q k^T / sqrt(d)) v over the causal past, key/value head h // G."""
@@ -31,18 +25,15 @@ def numpy_causal_attention(q, k, v):
                              v[:, :, h // group])
   return out
 
-
 def qkv(n, heads=4, kv_heads=2, d=16, batch=1, seed=0):
   rng = np.random.default_rng(seed)
   return tuple(rng.normal(size=(batch, n, h, d)).astype(np.float32)
                for h in (heads, kv_heads, kv_heads))
 
-
 def test_splash_matches_causal_softmax_with_grouped_heads():
   q, k, v = qkv(384)                      # 3 tiles of 128: the causal mask crosses tile borders
   got = local_attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), "splash")
   np.testing.assert_allclose(np.asarray(got), numpy_causal_attention(q, k, v), atol=2e-5)
-
 
 def test_splash_gradients_match_the_reference():
   q, k, v = map(jnp.asarray, qkv(256, seed=1))
@@ -55,18 +46,15 @@ def test_splash_gradients_match_the_reference():
   for got, want in zip(grads("splash"), grads("reference")):
     np.testing.assert_allclose(got, want, atol=5e-5)
 
-
 def test_splash_needs_a_segment_in_tiles_of_128():
   q, k, v = map(jnp.asarray, qkv(96))
   with pytest.raises(ValueError, match="segment_len 96 is not a multiple of 128"):
     local_attention(q, k, v, "splash")
 
-
 def test_auto_is_xla_on_cpu():
   assert jax.default_backend() == "cpu"
   assert resolve_impl("auto", 2048, jnp.bfloat16) == "xla"
   assert resolve_impl("splash", 2048, jnp.bfloat16) == "splash"
-
 
 SHARDED = r"""
 import json, sys
@@ -90,14 +78,7 @@ print("RESULT " + json.dumps({"err": float(jnp.max(jnp.abs(out - want))),
                               "per_shard": "manual_computation" in hlo or "FullToShard" in hlo}))
 """
 
-
 def test_splash_runs_per_shard_on_a_mesh():
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
-         "JAX_PLATFORMS": "cpu"}
-  done = subprocess.run([sys.executable, "-c", SHARDED], capture_output=True, text=True, env=env,
-                        cwd=ROOT, timeout=300)
-  assert done.returncode == 0, done.stderr[-3000:]
-  line = next(l for l in done.stdout.splitlines() if l.startswith("RESULT "))
-  out = json.loads(line[len("RESULT "):])
+  out = fake_devices.run(SHARDED, timeout=300)
   assert out["err"] < 2e-5, out
   assert out["per_shard"] and out["spec_ok"], out
