@@ -13,7 +13,7 @@
       Prints ``ModelConfig.FIELD = VALUE`` gin bindings for the model the weights describe.
   python -m infini_jax.convert --to_hf=DIR --checkpoint=CKPT [--step=N] [--gin_file=F ...]
       Writes our checkpoint (a converted one or a run's model_dir) in the HF layout: config.json,
-      model.safetensors with the gates as extra tensors, and a README.md naming them. The model
+      model.safetensors, the gates in infini_gates.safetensors, and a README.md naming them. The model
       config comes from --gin_file (e.g. the run's config.gin), else CKPT/model_config.json
       (with --gin.ModelConfig.* bindings overriding it).
 

@@ -398,6 +398,12 @@ def test_export_then_import_is_exact(llama_dir, tmp_path):
   out = tmp_path / "hf"
   llama.export_hf(params, cfg, out)
   assert "model.layers.{i}.self_attn.infini_gate" in (out / "README.md").read_text()
+  # transformers reads model.safetensors alone: the gates, which it has no place for, are apart.
+  from safetensors import safe_open
+  with safe_open(out / "model.safetensors", framework="numpy") as f:
+    assert not [k for k in f.keys() if "infini_gate" in k]
+  with safe_open(out / llama.GATES_FILE, framework="numpy") as f:
+    assert sorted(f.keys()) == [f"model.layers.{i}.self_attn.infini_gate" for i in range(2)]
   assert llama.config_from_hf(llama.read_hf_config(out)) == cfg
   again, report = llama.load_hf_params(out)
   assert report["initialised"] == []

@@ -41,6 +41,9 @@ from infini_jax.model.config import ROPE_SCALING_KEYS, ModelConfig
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 GATE_TENSOR = "model.layers.{i}.self_attn.infini_gate"
+# The export keeps the gates out of model.safetensors, which transformers reads alone (and would
+# report tensors it has no place for); our reader reads every *.safetensors of a folder.
+GATES_FILE = "infini_gates.safetensors"
 # Buffers some older Llama checkpoints carry; they are recomputed from the config, never read.
 _IGNORED = re.compile(r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq")
 
@@ -491,13 +494,14 @@ Written by `python -m infini_jax.convert --to_hf`. `config.json` and `model.safe
 {arch} layout, so `transformers` loads them; `config.json["infini_attention"]` holds the
 Infini-attention settings (segment_len={segment_len}, memory={memory}, update_rule={update_rule}).
 
-Extra tensors (Infini-attention gates, not part of {arch}):
+The Infini-attention gates, not part of {arch}, are in `infini_gates.safetensors` (transformers
+reads `model.safetensors` alone, so it loads this folder without warnings):
 
 - `model.layers.{{i}}.self_attn.infini_gate` for i = 0..{last}: float32 `[{heads}]`, the gate beta of
   each query head; sigmoid(beta) weights the compressive-memory read, 1 - sigmoid(beta) the local
   softmax attention (arXiv 2404.07143, eq. 10).
 
-`transformers` ignores these tensors (it warns that they are unused) and runs plain attention, which
+`transformers` runs plain attention, which
 equals this model only on inputs of at most one segment ({segment_len} tokens) with the gates closed
 (beta = -inf). `max_position_embeddings` ({max_positions}) stands for the memory's unbounded
 context. To continue training or run the memory, import the directory back with
@@ -506,7 +510,8 @@ context. To continue training or run the memory, import the directory back with
 
 
 def export_hf(params: dict, cfg: ModelConfig, out_dir) -> None:
-  """Writes ``params`` (our pure dict) as config.json + model.safetensors + README.md (float32).
+  """Writes ``params`` (our pure dict) as config.json, model.safetensors, the gates in
+  infini_gates.safetensors, and README.md (float32).
 
   Every process must call it (sharded arrays are gathered); process 0 writes.
   """
@@ -522,7 +527,11 @@ def export_hf(params: dict, cfg: ModelConfig, out_dir) -> None:
     return
   out_dir = os.fspath(out_dir)
   os.makedirs(out_dir, exist_ok=True)
+  gate_names = {GATE_TENSOR.format(i=i) for i in range(cfg.num_layers)}
+  gates = {n: tensors.pop(n) for n in sorted(gate_names & set(tensors))}
   save_file(tensors, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
+  if gates:
+    save_file(gates, os.path.join(out_dir, GATES_FILE), metadata={"format": "pt"})
   config = hf_config(cfg)
   with open(os.path.join(out_dir, "config.json"), "w") as f:
     json.dump(config, f, indent=2)
