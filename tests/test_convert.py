@@ -24,6 +24,7 @@ from safetensors.numpy import save_file
 
 from infini_jax import convert
 from infini_jax.checkpoint import restore_params
+from infini_jax.errors import UserError
 from infini_jax.hf import llama
 from infini_jax.model import InfiniTransformer
 
@@ -230,7 +231,7 @@ def test_gin_bindings_alone_override_config_json_and_the_recipe(llama_dir, tmp_p
   params, _ = restore_params(out, llama.abstract_params(cfg))
   np.testing.assert_array_equal(params["blocks"]["attn"]["beta"], -3.0)
   # A size the weights do not have is still named.
-  with pytest.raises(SystemExit, match="ModelConfig.num_layers=3 does not match .* "
+  with pytest.raises(UserError, match="ModelConfig.num_layers=3 does not match .* "
                                        "num_hidden_layers=2"):
     convert.main([f"--from_hf={llama_dir[0]}", f"--out={tmp_path / 'bad'}",
                   "--gin.ModelConfig.num_layers=3"])
@@ -259,7 +260,7 @@ def test_sliding_window_shorter_than_the_segment_is_an_error(tmp_path):
     llama.load_hf_params(hf_dir, llama.config_from_hf(MISTRAL, segment_len=16))
   llama.load_hf_params(hf_dir, llama.config_from_hf(MISTRAL, segment_len=8))   # within: loads
   # The command line: the recipe's segment of 2048 stops, a binding within the window converts.
-  with pytest.raises(SystemExit, match="segment_len=2048 exceeds the sliding_window=8"):
+  with pytest.raises(UserError, match="segment_len=2048 exceeds the sliding_window=8"):
     convert.main([f"--from_hf={hf_dir}", f"--out={tmp_path / 'a'}"])
   convert.main([f"--from_hf={hf_dir}", f"--out={tmp_path / 'b'}",
                 "--gin.ModelConfig.segment_len=8"])

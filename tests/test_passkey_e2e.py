@@ -53,6 +53,7 @@ def test_small_model_retrieves_a_key_from_the_previous_segment(tmp_path):
     ckpt.save(STEPS, {"params": state["params"]}, 0, force=True)
     ckpt.wait()
   result = eval_passkey.main([f"--gin_file={SMOKE}", f"--gin.SEGMENT_LEN={SEG}",
+                              f"--gin.SEQ_LEN={2 * SEG}",
                               f"--checkpoint={tmp_path}", f"--lengths={2 * SEG}",
                               "--depths=start", "--samples=45", "--digits=1",
                               f"--out={tmp_path / 'eval'}"])
