@@ -102,6 +102,7 @@ def main(argv) -> dict:
   import jax
 
   from infini_jax import cli, optim, sharding, step
+  from infini_jax.compiled_memory import peak_bytes
   from infini_jax.model import attention
 
   files, paths, bindings, unknown = cli.split_flags(rest)
@@ -139,8 +140,7 @@ def main(argv) -> dict:
       "argument_gib": gib(mem.argument_size_in_bytes), "output_gib": gib(mem.output_size_in_bytes),
       "temp_gib": gib(mem.temp_size_in_bytes), "alias_gib": gib(mem.alias_size_in_bytes),
   }
-  result["peak_gib"] = (result["argument_gib"] + result["output_gib"] + result["temp_gib"]
-                        - result["alias_gib"])
+  result["peak_gib"] = gib(peak_bytes(mem))
   result["capacity_gib"] = capacity_gib
   result["fits"] = None if capacity_gib is None else (
       result["peak_gib"] <= (1 - HEADROOM) * capacity_gib)

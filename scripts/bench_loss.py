@@ -13,6 +13,7 @@ import json
 import jax
 
 from infini_jax import optim, sharding, step
+from infini_jax.compiled_memory import peak_bytes
 from infini_jax.model import ModelConfig
 
 
@@ -23,8 +24,7 @@ def measure(cfg: ModelConfig, batch: int, seq_len: int, chunk: int) -> dict:
                      sharding.DEFAULT_RULES, batch, seq_len, loss_chunk=chunk)
     m = fns.train.lower(fns.abstract_state, fns.abstract_batch).compile().memory_analysis()
   return {"loss_chunk": chunk, "temp_bytes": m.temp_size_in_bytes,
-          "peak_bytes": (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
-                         - m.alias_size_in_bytes)}
+          "peak_bytes": peak_bytes(m)}
 
 
 def main():

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from infini_jax.compiled_memory import peak_bytes
 from infini_jax.model import ModelConfig
 from infini_jax.step import abstract_model, loss_sums
 
@@ -40,8 +41,7 @@ def bench(cfg: ModelConfig, batch: int, segments: int, repeats: int) -> dict:
   compiled = fn.lower(params, data).compile()
   compile_s = time.perf_counter() - t0
   mem = compiled.memory_analysis()
-  peak = (mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
-          - mem.alias_size_in_bytes) if mem is not None else None
+  peak = peak_bytes(mem)
   jax.block_until_ready(compiled(params, data))       # warm-up
   t0 = time.perf_counter()
   for _ in range(repeats):

@@ -98,11 +98,8 @@ class _RssWatch:
 
 
 def _peak(compiled):
-  m = compiled.memory_analysis()
-  if m is None:
-    return None
-  return (m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
-          - m.alias_size_in_bytes)
+  from infini_jax.compiled_memory import peak_bytes
+  return peak_bytes(compiled.memory_analysis())
 
 
 def _timed(fn, min_seconds: float = 2.0, repeats: int = 3) -> float:

@@ -29,6 +29,7 @@ import time
 import jax
 
 from infini_jax import flops, optim, sharding, step
+from infini_jax.compiled_memory import peak_bytes
 from infini_jax.inputs import SyntheticData, SyntheticPipeline
 from infini_jax.model import ModelConfig
 
@@ -74,8 +75,7 @@ def bench(cfg: ModelConfig, opt_cfg, mesh, rules, batch: int, seq_len: int, args
     row["compile_s"] = time.perf_counter() - t0
     m = compiled.memory_analysis()
     if m is not None:
-      row["peak_bytes_per_device"] = (m.argument_size_in_bytes + m.output_size_in_bytes
-                                      + m.temp_size_in_bytes - m.alias_size_in_bytes)
+      row["peak_bytes_per_device"] = peak_bytes(m)
       row["temp_bytes_per_device"] = m.temp_size_in_bytes
     if args.compile_only:
       return row
