@@ -44,12 +44,13 @@ def register() -> None:
                                  if r[0] is not resource_reader.system_path_reader]
   # A run's config.gin in a bucket (what evaluation reads back when given only the run).
   gin.config.register_file_reader(paths.open, lambda p: paths.is_bucket(p) and paths.isfile(p))
-  from infini_jax import inputs, optim, sharding, train
+  from infini_jax import inputs, optim, sharding
   from infini_jax.data.config import DataConfig
   from infini_jax.model import ModelConfig
+  from infini_jax.run import RunConfig
   for fn, name in ((ModelConfig, "ModelConfig"), (optim.OptimizerConfig, "OptimizerConfig"),
                    (DataConfig, "DataConfig"), (inputs.SyntheticData, "SyntheticData"),
-                   (train.MeshConfig, "MeshConfig"), (train.train, "train"),
+                   (sharding.MeshConfig, "MeshConfig"), (RunConfig, "train"),
                    (hf_path, "hf_path")):
     _CONFIGURABLES[name] = gin.external_configurable(fn, name)
     _PARAMETERS[name] = list(inspect.signature(fn).parameters)
@@ -166,6 +167,17 @@ def _configs_dir() -> str:
   return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 
 
+def run_config():
+  """The parsed gin config as a checked ``RunConfig`` (gin's ``train``); a config that does not
+  build (a missing or mistyped binding) is a ConfigError naming it."""
+  try:
+    return _CONFIGURABLES["train"]()
+  except UserError:
+    raise
+  except Exception as e:   # gin: a required binding missing, an unknown one, a config's own check
+    raise ConfigError(f"{type(e).__name__}: {str(e).splitlines()[0]}") from None
+
+
 def bindings_of(name: str) -> dict:
   """The values gin binds to the parameters of configurable ``name`` (references resolved)."""
   return gin.get_bindings(name)
@@ -206,19 +218,20 @@ def run(entry: str, argv=None) -> None:
   from infini_jax import distributed
   distributed.initialize()   # before anything touches a JAX backend
   if entry == "train":
-    model_dir = bindings_of("train").get("model_dir")
-    if not model_dir:
+    config = run_config()
+    if not config.model_dir:
       raise ConfigError("train.model_dir is not set; pass --gin.MODEL_DIR=/path/to/run")
     # The full config is written first, so a failed run still has it; gin's operative config
     # (what was actually used) replaces it once train() has run.
-    _write_config(model_dir, gin.config_str())
+    _write_config(config.model_dir, gin.config_str())
+    from infini_jax import train
     try:
-      result = _CONFIGURABLES["train"]()
+      result = train.train(config)
     finally:
-      _write_config(model_dir, gin.operative_config_str())
+      _write_config(config.model_dir, gin.operative_config_str())
     logging.getLogger("infini_jax").info("done: %s", result)
   elif entry == "eval":
     import infini_jax.eval as eval_lib
-    eval_lib.run_from_train_bindings(bindings_of("train"))
+    eval_lib.evaluate_checkpoint(run_config())
   else:
     raise ValueError(f"unknown entry point {entry!r}")

@@ -8,24 +8,22 @@ import json
 import logging
 import os
 
-from infini_jax import evaluation, optim, sharding, step
-from infini_jax.train import MeshConfig, evaluate
+from infini_jax import evaluation
+from infini_jax.run import RunConfig, build_run
+from infini_jax.train import evaluate
 
 log = logging.getLogger("infini_jax")
 
 
-def run_from_train_bindings(bound: dict) -> dict:
-  """Evaluates ``train.model_dir``'s newest checkpoint with the configuration bound to ``train``."""
-  model, data, model_dir = bound["model"], bound["data"], bound["model_dir"]
-  mesh_cfg = bound.get("mesh", MeshConfig())
-  mesh = mesh_cfg.build()
-  with sharding.activate(mesh, mesh_cfg.rules):
-    tx = optim.make_optimizer(bound.get("optimizer", optim.OptimizerConfig()))
-    fns = step.build(model, tx, mesh, mesh_cfg.rules, data.batch_size, data.seq_len)
-    params, report = evaluation.restore_params(os.path.join(model_dir, "checkpoints"),
-                                               fns.abstract_state["params"])
-    scalars = evaluate(fns, {"params": params}, bound.get("eval_data") or data, model.vocab_size,
-                       bound.get("eval_batches", 8))
+def evaluate_checkpoint(config: RunConfig) -> dict:
+  """The held-out loss of ``config.model_dir``'s newest good checkpoint (``eval_batches`` batches
+  of ``config.held_out``), printed as one JSON line."""
+  run = build_run(config)
+  with run.sharded():
+    params, report = evaluation.restore_params(os.path.join(config.model_dir, "checkpoints"),
+                                               run.fns.abstract_state["params"])
+    scalars = evaluate(run.fns, {"params": params}, config.held_out, config.model.vocab_size,
+                       config.eval_batches)
   scalars["step"] = report["step"]
   print(json.dumps(scalars), flush=True)
   return scalars

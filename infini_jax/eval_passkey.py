@@ -174,7 +174,7 @@ def main(argv=None) -> dict:
     filler_text = text_files.read_text(own["filler_file"][-1], "--filler_file")
   cli.setup_logging()
   loaded = evaluation.load(rest, evaluation.last(own, "checkpoint"))
-  model, data_cfg = loaded.model, loaded.bound["data"]
+  model, data_cfg = loaded.model, loaded.config.data
   n = model.cfg.segment_len
   lengths = [c * n for c in counts] if flag == "segments" else counts
   ints = {k: evaluation.parse_count(evaluation.last(own, k, str(default)), f"--{k}")

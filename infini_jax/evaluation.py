@@ -28,14 +28,15 @@ from flax import nnx
 
 from infini_jax import checkpoint, cli, decode, paths, sharding, step
 from infini_jax.errors import UserError
-from infini_jax.train import MeshConfig
+from infini_jax.run import RunConfig
+
 
 
 @dataclasses.dataclass
 class Loaded:
   """A model restored from a checkpoint, with the configuration it was read with."""
   model: object          # InfiniTransformer, its parameters sharded over ``mesh``
-  bound: dict            # gin's bindings of ``train`` (model, data, model_dir, mesh, ...)
+  config: RunConfig      # the run's configuration (model, data, model_dir, mesh, ...)
   checkpoint: str        # the checkpoint directory the parameters came from
   step: int              # the checkpoint step
   mesh: jax.sharding.Mesh
@@ -90,8 +91,8 @@ def parse_list(text: str, flag: str, parse=None) -> list:
   return [parse(t, flag) for t in items] if parse else items
 
 
-def parse_gin(argv, checkpoint_flag: str | None = None) -> dict:
-  """Parses the gin flags in ``argv`` (nothing else may be left) -> gin's bindings of ``train``.
+def parse_gin(argv, checkpoint_flag: str | None = None) -> RunConfig:
+  """Parses the gin flags in ``argv`` (nothing else may be left) -> the run's checked config.
 
   Without ``--gin_file``, the ``config.gin`` of the run that ``checkpoint_flag`` points at is read.
   """
@@ -106,7 +107,7 @@ def parse_gin(argv, checkpoint_flag: str | None = None) -> dict:
                             "--checkpoint=RUN_DIR of a run that wrote RUN_DIR/config.gin")
     files = [found]
   cli.parse(files, search_paths, bindings)
-  return dict(cli.bindings_of("train"))
+  return cli.run_config()
 
 
 def run_config(path: str) -> str | None:
@@ -179,12 +180,11 @@ def restore_model(model_cfg, directory: str, mesh: jax.sharding.Mesh, rules,
 def load(argv_gin, checkpoint_flag: str | None = None) -> Loaded:
   """Parses the gin flags and restores the newest good checkpoint (or ``checkpoint_flag``'s)
   sharded over the run's mesh (``train.mesh``)."""
-  bound = parse_gin(argv_gin, checkpoint_flag)
-  directory = checkpoint_dir(checkpoint_flag, bound.get("model_dir"))
-  mesh_cfg = bound.get("mesh", MeshConfig())
-  mesh = mesh_cfg.build()
-  model, report = restore_model(bound["model"], directory, mesh, mesh_cfg.rules)
-  return Loaded(model, bound, report["directory"], int(report["step"]), mesh, mesh_cfg.rules)
+  config = parse_gin(argv_gin, checkpoint_flag)
+  directory = checkpoint_dir(checkpoint_flag, config.model_dir)
+  mesh = config.mesh.build()
+  model, report = restore_model(config.model, directory, mesh, config.mesh.rules)
+  return Loaded(model, config, report["directory"], int(report["step"]), mesh, config.mesh.rules)
 
 
 def encoder(data_cfg):

@@ -8,6 +8,7 @@ device.
 """
 
 import contextlib
+import dataclasses
 import threading
 
 import jax
@@ -64,6 +65,18 @@ def constrain(x: jax.Array, names) -> jax.Array:
 
 
 MESH_AXES = ("data", "fsdp", "tensor")
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+  """Mesh sizes (one may be -1: all remaining devices) and the logical-axis rules."""
+  data: int = 1
+  fsdp: int = -1
+  tensor: int = 1
+  rules: tuple = DEFAULT_RULES
+
+  def build(self, devices=None) -> jax.sharding.Mesh:
+    return make_mesh(self.data, self.fsdp, self.tensor, devices)
 
 
 def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1, devices=None) -> jax.sharding.Mesh:

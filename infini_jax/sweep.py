@@ -58,7 +58,6 @@ import argparse
 import concurrent.futures
 import dataclasses
 import hashlib
-import inspect
 import itertools
 import json
 import math
@@ -71,8 +70,6 @@ import socket
 import subprocess
 import sys
 import time
-import types
-import typing
 
 import numpy as np
 
@@ -311,54 +308,14 @@ def validate(runs: list, files: list, search_paths: list, base: list, sweep_dir:
     try:
       cli.parse(files, search_paths,
                 base + swept + [("", f"{dir_key} = {json.dumps(model_dir)}")])
-      bound = cli.bindings_of("train")
-      check_kinds(bound)
+      config = cli.run_config()
     except UserError as e:
       raise ConfigError(f"{label}: {one_line(e)}") from None
     except Exception as e:   # a config's own validation (ValueError, TypeError, ...)
       raise ConfigError(f"{label}: {type(e).__name__}: {e}") from None
-    steps.append(bound.get("steps"))
+    steps.append(config.steps)
   gin.clear_config()
   return dir_key, steps
-
-
-def check_kinds(train_bindings: dict) -> None:
-  """Raises TypeError for a ``train`` argument or config field whose value has the wrong type."""
-  from infini_jax import train
-  hints = typing.get_type_hints(train.train)
-  for name, value in train_bindings.items():
-    if name in hints and not _matches(value, hints[name]):
-      raise TypeError(_kind_message(f"train.{name}", value, hints[name]))
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-      field_hints = typing.get_type_hints(type(value))
-      for field in dataclasses.fields(value):
-        v = getattr(value, field.name)
-        if field.name in field_hints and not _matches(v, field_hints[field.name]):
-          raise TypeError(_kind_message(f"{type(value).__name__}.{field.name}", v,
-                                        field_hints[field.name]))
-
-
-def _kind_message(where: str, value, hint) -> str:
-  shown = getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
-  return f"{where}={value!r} is a {type(value).__name__}; expected {shown}"
-
-
-def _matches(value, hint) -> bool:
-  origin = typing.get_origin(hint)
-  if hint is typing.Any or hint is inspect.Parameter.empty:
-    return True
-  if origin in (typing.Union, types.UnionType):
-    return any(_matches(value, h) for h in typing.get_args(hint))
-  if hint is type(None):
-    return value is None
-  if hint is float:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-  if hint is int:
-    return isinstance(value, int) and not isinstance(value, bool)
-  cls = origin if isinstance(origin, type) else hint
-  if cls in (tuple, list):   # gin writes lists where a tuple is meant, and the configs accept them
-    return isinstance(value, (tuple, list))
-  return isinstance(value, cls) if isinstance(cls, type) else True
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,12 +1,11 @@
 """Pretraining and continual pretraining: ``python -m infini_jax.train --gin_file=configs/tiny.gin``.
 
-``train()`` takes plain keyword arguments; gin binds them at the command line (see cli.py). A run
+``train()`` takes a ``run.RunConfig``, which gin binds as ``train`` (see cli.py). A run
 writes into ``model_dir``: the operative gin config, orbax checkpoints (with the data position),
 ``metrics.jsonl`` and TensorBoard summaries. Started again, it resumes from the newest good
 checkpoint and continues with the next unseen batch.
 """
 
-import dataclasses
 import logging
 import os
 import threading
@@ -14,133 +13,84 @@ import threading
 import jax
 import numpy as np
 
-from infini_jax import checkpoint, distributed, divergence, flops, optim, paths, sharding, step
+from infini_jax import checkpoint, distributed, divergence, flops, paths, step
 from infini_jax.errors import UserError
 from infini_jax.inputs import make_pipeline
-from infini_jax.model import ModelConfig
+from infini_jax.run import RunConfig, build_run
 from infini_jax.progress import Progress
 
 log = logging.getLogger("infini_jax")
 
 
-@dataclasses.dataclass(frozen=True)
-class MeshConfig:
-  """Mesh sizes (one may be -1: all remaining devices) and the logical-axis rules."""
-  data: int = 1
-  fsdp: int = -1
-  tensor: int = 1
-  rules: tuple = sharding.DEFAULT_RULES
-
-  def build(self):
-    return sharding.make_mesh(self.data, self.fsdp, self.tensor)
-
-
-def train(*, model: ModelConfig, optimizer: optim.OptimizerConfig, data, model_dir: str,
-          steps: int, mesh: MeshConfig = MeshConfig(), seed: int = 0, z_loss: float = 0.0,
-          grad_accum_steps: int = 1, loss_chunk: int = 0, checkpoint_every: int = 1000,
-          keep_checkpoints: int = 3, keep_every: int | None = None, log_every: int = 10,
-          eval_every: int = 0, eval_data=None, eval_batches: int = 8,
-          init_from: str | None = None, peak_flops_per_device: float | None = None,
-          on_divergence: str = "stop", spike_factor: float | None = None,
-          spike_window: int = 100, max_rewinds: int = 3) -> dict:
-  """Trains ``model`` for ``steps`` updates; returns the last logged train and eval scalars.
-
-  Args:
-    data: an ``infini_jax.data.DataConfig`` (seqio) or ``inputs.SyntheticData``; its
-      ``batch_size`` is the global batch and ``seq_len`` the tokens per example.
-    eval_data: the held-out data (e.g. the same DataConfig; its "validation" split is read);
-      None: ``data``.
-    init_from: continual pretraining: a checkpoint directory of another run (only its params are
-      read; missing ones are initialised and listed), or "hf:DIR" for Hugging Face weights.
-    loss_chunk: segment positions whose logits are computed at a time (0: the whole segment);
-      with a big vocabulary, e.g. 512 keeps the float32 logits out of the largest temporaries.
-    peak_flops_per_device: the chip's peak for MFU; None reads it from the device kind.
-    on_divergence: when a step's loss, gradient norm or new parameters are not finite, or its
-      loss spikes (``spike_factor`` times the mean of the last ``spike_window`` losses; None: no
-      spike check): "stop" raises ``divergence.Diverged``; "rewind" restores the newest
-      checkpoint and goes on with the data after the bad step (at most ``max_rewinds`` times).
-      Either way no checkpoint ever holds a diverged state.
-  """
-  if on_divergence not in divergence.ACTIONS:
-    raise UserError(f"train.on_divergence={on_divergence!r}; expected one of "
-                    f"{', '.join(map(repr, divergence.ACTIONS))}")
-  guard = divergence.Guard(spike_factor, spike_window)   # checks its settings before any work
+def train(config: RunConfig) -> dict:
+  """Trains for ``config.steps`` updates; returns the last logged train and eval scalars."""
+  c = config
+  if not c.model_dir:
+    raise UserError("train.model_dir is not set; pass --gin.MODEL_DIR=/path/to/run")
   distributed.initialize()
-  paths.makedirs(model_dir)
-  if data.segment_len != model.segment_len:
-    raise UserError(f"data segment_len {data.segment_len} differs from the model's "
-                    f"{model.segment_len}; bind both to the macro SEGMENT_LEN")
-  for name, value, least in (("steps", steps, 0), ("log_every", log_every, 1),
-                             ("checkpoint_every", checkpoint_every, 1),
-                             ("keep_checkpoints", keep_checkpoints, 1),
-                             ("eval_every", eval_every, 0), ("eval_batches", eval_batches, 1)):
-    if value < least:
-      raise UserError(f"train.{name}={value} must be >= {least}; set --gin.train.{name}")
-  tx = optim.make_optimizer(optimizer, step.abstract_model(model)[1])   # checks its patterns
-  schedule = optim.make_schedule(optimizer)
-  device_mesh = mesh.build()
-  with sharding.activate(device_mesh, mesh.rules):
-    fns = step.build(model, tx, device_mesh, mesh.rules, data.batch_size, data.seq_len,
-                     z_loss=z_loss, grad_accum_steps=grad_accum_steps, loss_chunk=loss_chunk,
-                     schedule=schedule)
-    ckpt = checkpoint.Checkpointer(os.path.join(model_dir, "checkpoints"), checkpoint_every,
-                                   keep_checkpoints, keep_every)
+  paths.makedirs(c.model_dir)
+  run = build_run(c)
+  fns, model, data = run.fns, c.model, c.data
+  guard = divergence.Guard(c.spike_factor, c.spike_window)
+  with run.sharded():
+    ckpt = checkpoint.Checkpointer(os.path.join(c.model_dir, "checkpoints"), c.checkpoint_every,
+                                   c.keep_checkpoints, c.keep_every)
     restored = ckpt.restore(fns.abstract_state)
     if restored is not None:
       start, state, position = restored
       log.info("resuming from step %d (data position %d)", start, position)
     else:
       start, position = 0, 0
-      if init_from:
-        state = _continue_from(init_from, jax.random.key(seed), fns, model)
+      if c.init_from:
+        state = _continue_from(c.init_from, jax.random.key(c.seed), fns, model)
       else:
-        state = fns.init(jax.random.key(seed))
+        state = fns.init(jax.random.key(c.seed))
     pipeline = make_pipeline(data, "train", model.vocab_size, position)
-    progress = Progress(model_dir, steps, data.batch_size * data.seq_len,
+    progress = Progress(c.model_dir, c.steps, data.batch_size * data.seq_len,
                         (flops.train_flops_per_token(model, True),
                          flops.train_flops_per_token(model, False)),
-                        flops.peak_flops_per_device(peak_flops_per_device))
+                        flops.peak_flops_per_device(c.peak_flops_per_device))
     preemption = Preemption()
     last, rewinds = {}, 0
     try:
       pending = None   # metrics are read back one step late, so dispatch stays asynchronous
       current = start
-      while current < steps:
+      while current < c.steps:
         state, metrics = fns.train(state, pipeline.next_global(fns.batch_sharding))
         done = current + 1
-        problem = _judge(guard, progress, *pending, log_every, steps, last) if pending else None
+        problem = _judge(guard, progress, *pending, c.log_every, c.steps, last) if pending else None
         pending = (done, metrics)
         preempted = preemption.reached(done)
-        if problem is None and ckpt.due(done, force=preempted or done == steps):
+        if problem is None and ckpt.due(done, force=preempted or done == c.steps):
           # The state about to be saved was made by this step: read its metrics now (the one
           # host sync of a save step) and save only a good state.
-          problem = _judge(guard, progress, *pending, log_every, steps, last)
+          problem = _judge(guard, progress, *pending, c.log_every, c.steps, last)
           pending = None
           if problem is None:
             ckpt.save(done, state, pipeline.position, force=True)
         if problem is not None:
           at_step, reason = problem
-          if on_divergence == "stop" or rewinds >= max_rewinds:
+          if c.on_divergence == "stop" or rewinds >= c.max_rewinds:
             progress.log_event(at_step, event="diverged", error=reason)
-            raise divergence.Diverged(_stop_message(at_step, reason, ckpt, on_divergence,
+            raise divergence.Diverged(_stop_message(at_step, reason, ckpt, c.on_divergence,
                                                     rewinds))
           rewinds += 1
           state = pending = None    # frees the diverged state before the restore
           state, current = _rewind(ckpt, fns, pipeline, progress, at_step, reason, rewinds)
           continue
-        if eval_every and done % eval_every == 0:
-          last.update(evaluate(fns, state, eval_data or data, model.vocab_size, eval_batches,
+        if c.eval_every and done % c.eval_every == 0:
+          last.update(evaluate(fns, state, c.held_out, model.vocab_size, c.eval_batches,
                                progress, done))
         current = done
         if preempted:
           log.warning("preempted: saved step %d, exiting", done)
           progress.log_event(done, event="preempted")
           break
-      if pending is not None and _judge(guard, progress, *pending, 1, steps, last):
+      if pending is not None and _judge(guard, progress, *pending, 1, c.steps, last):
         raise divergence.Diverged(f"step {pending[0]} diverged; it was not saved")
-      if current == steps > start and eval_every and steps % eval_every:
-        last.update(evaluate(fns, state, eval_data or data, model.vocab_size, eval_batches,
-                             progress, steps))
+      if current == c.steps > start and c.eval_every and c.steps % c.eval_every:
+        last.update(evaluate(fns, state, c.held_out, model.vocab_size, c.eval_batches,
+                             progress, c.steps))
     finally:
       ckpt.close()
       progress.close()
@@ -224,8 +174,8 @@ def _continue_from(init_from: str, key: jax.Array, fns: step.StepFns, model_cfg)
   """
   target = fns.abstract_state["params"]
   if init_from.startswith("hf:"):
-    from infini_jax import convert
-    loaded, report = convert.load_hf_params(init_from[3:], model_cfg, target)
+    from infini_jax.hf.llama import load_hf_params
+    loaded, report = load_hf_params(init_from[3:], model_cfg, target)
   else:
     loaded, report = checkpoint.restore_params(init_from, target)
   for what in ("missing", "extra"):

@@ -101,25 +101,22 @@ def main(argv) -> dict:
                                + f" --xla_force_host_platform_device_count={devices}")
   import jax
 
-  from infini_jax import cli, optim, sharding, step
+  from infini_jax import cli
   from infini_jax.compiled_memory import peak_bytes
   from infini_jax.model import attention
+  from infini_jax.run import build_run
 
   files, paths, bindings, unknown = cli.split_flags(rest)
   if unknown or not files:
     raise SystemExit(__doc__)
   cli.parse(files, paths, bindings)
-  bound = cli.bindings_of("train")
-  model, data, mesh_cfg = bound["model"], bound["data"], bound["mesh"]
+  config = cli.run_config()
+  model, data = config.model, config.data
   targets = tpu_devices(topology_name, chip_config) if tpu else jax.devices()
-  mesh = sharding.make_mesh(mesh_cfg.data, mesh_cfg.fsdp, mesh_cfg.tensor, devices=targets)
   t0 = time.perf_counter()
-  with sharding.activate(mesh, mesh_cfg.rules):
-    opt_cfg = bound["optimizer"]
-    fns = step.build(model, optim.make_optimizer(opt_cfg), mesh, mesh_cfg.rules, data.batch_size,
-                     data.seq_len, grad_accum_steps=bound.get("grad_accum_steps", 1),
-                     loss_chunk=bound.get("loss_chunk", 0),
-                     schedule=optim.make_schedule(opt_cfg))
+  run = build_run(config, devices=targets)
+  fns, mesh = run.fns, run.mesh
+  with run.sharded():
     impl = attention.resolve_impl(model.attention_impl, model.segment_len, model.compute_dtype)
     lowered = fns.train.lower(fns.abstract_state, fns.abstract_batch)
     t1 = time.perf_counter()

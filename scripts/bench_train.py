@@ -28,10 +28,11 @@ import time
 
 import jax
 
-from infini_jax import flops, optim, sharding, step
+from infini_jax import flops, optim
 from infini_jax.compiled_memory import peak_bytes
 from infini_jax.inputs import SyntheticData, SyntheticPipeline
 from infini_jax.model import ModelConfig
+from infini_jax.run import RunConfig, build_run
 
 PRESETS = {
     # A few seconds a step on two CPU cores.
@@ -48,27 +49,16 @@ PRESETS = {
 }
 
 
-def from_gin(files, paths, bindings):
-  """(model config, global batch, seq_len, optimizer config, mesh, rules) from gin files."""
-  from infini_jax import cli   # imports gin
-  cli.parse(files, paths, bindings)
-  bound = cli.bindings_of("train")
-  data, mesh_cfg = bound["data"], bound.get("mesh")
-  mesh, rules = ((mesh_cfg.build(), mesh_cfg.rules) if mesh_cfg is not None
-                 else (sharding.make_mesh(), sharding.DEFAULT_RULES))   # train()'s default
-  return (bound["model"], data.batch_size, data.seq_len,
-          bound.get("optimizer") or optim.OptimizerConfig(), mesh, rules)
-
-
-def bench(cfg: ModelConfig, opt_cfg, mesh, rules, batch: int, seq_len: int, args) -> dict:
-  devices = mesh.devices.size
+def bench(config: RunConfig, args) -> dict:
+  cfg, batch, seq_len = config.model, config.data.batch_size, config.data.seq_len
   row = {"memory": cfg.memory, "segments": cfg.num_segments(seq_len), "global_batch": batch,
-         "seq_len": seq_len, "tokens_per_step": batch * seq_len, "devices": devices,
+         "seq_len": seq_len, "tokens_per_step": batch * seq_len,
          "flops_per_token": flops.train_flops_per_token(cfg, with_memory=False),
          "flops_per_token_with_memory": flops.train_flops_per_token(cfg, with_memory=True)}
-  with sharding.activate(mesh, rules):
-    fns = step.build(cfg, optim.make_optimizer(opt_cfg), mesh, rules, batch, seq_len,
-                     schedule=optim.make_schedule(opt_cfg))
+  run = build_run(config)
+  fns, devices = run.fns, run.mesh.devices.size
+  row["devices"] = devices
+  with run.sharded():
     row["parameters"] = int(sum(x.size for x in jax.tree.leaves(fns.abstract_state["params"])))
     t0 = time.perf_counter()
     compiled = fns.train.lower(fns.abstract_state, fns.abstract_batch).compile()
@@ -81,8 +71,8 @@ def bench(cfg: ModelConfig, opt_cfg, mesh, rules, batch: int, seq_len: int, args
       return row
 
     state = fns.init(jax.random.key(0))
-    pipeline = SyntheticPipeline(SyntheticData(batch, seq_len, cfg.segment_len, args.seed),
-                                 cfg.vocab_size, jax.process_index(), jax.process_count())
+    pipeline = SyntheticPipeline(config.data, cfg.vocab_size, jax.process_index(),
+                                 jax.process_count())
     batches = [pipeline.next_global(fns.batch_sharding) for _ in range(2)]
     for i in range(args.warmup):
       state, metrics = compiled(state, batches[i % 2])
@@ -155,19 +145,27 @@ def main(argv=None):
   if bool(files) == bool(args.preset):
     raise SystemExit("give exactly one of --preset and --gin_file (see --help)")
   if files:
-    cfg, batch, seq_len, opt_cfg, mesh, rules = from_gin(files, paths, bindings)
+    cli.parse(files, paths, bindings)
+    config = cli.run_config()
   else:
     preset = PRESETS[args.preset]
-    cfg, batch, seq_len = preset["model"], preset["batch"], preset["seq_len"]
-    opt_cfg = optim.OptimizerConfig(name="adamw", warmup_steps=10, total_steps=1000)
-    mesh, rules = sharding.make_mesh(data=1, fsdp=-1, tensor=1), sharding.DEFAULT_RULES
-  batch, seq_len = args.batch or batch, args.seq_len or seq_len
+    model = preset["model"]
+    config = RunConfig(
+        model=model, optimizer=optim.OptimizerConfig(name="adamw", warmup_steps=10,
+                                                     total_steps=1000),
+        data=SyntheticData(preset["batch"], preset["seq_len"], model.segment_len),
+        model_dir="", steps=0)
   overrides = {k: getattr(args, k) for k in ("segment_len", "remat", "attention_impl")
                if getattr(args, k)}
   if ("attention_impl" not in overrides and jax.default_backend() == "gpu"
-      and cfg.dtype == "bfloat16"):                  # cuDNN flash attention needs bf16/fp16
+      and config.model.dtype == "bfloat16"):          # cuDNN flash attention needs bf16/fp16
     overrides["attention_impl"] = "cudnn"
-  cfg = dataclasses.replace(cfg, **overrides)
+  cfg = dataclasses.replace(config.model, **overrides)
+  batch = args.batch or config.data.batch_size
+  seq_len = args.seq_len or config.data.seq_len
+  data = SyntheticData(batch, seq_len, cfg.segment_len, args.seed)
+  config = dataclasses.replace(config, model=cfg, data=data, eval_data=None)
+  mesh = config.mesh.build()
   device = jax.devices()[0].device_kind
   print(f"device: {device} x{jax.device_count()} (jax {jax.__version__}), mesh {dict(mesh.shape)}; "
         f"{cfg.num_layers} layers, d_model {cfg.d_model}, vocab {cfg.vocab_size}, {cfg.dtype}, "
@@ -178,7 +176,7 @@ def main(argv=None):
         f"MFU counts matmuls + causal-half attention x3 (MaxText), MFU+mem adds the memory's FLOPs")
   rows = []
   for i, memory in enumerate(args.memories.split(",")):
-    row = bench(dataclasses.replace(cfg, memory=memory), opt_cfg, mesh, rules, batch, seq_len, args)
+    row = bench(dataclasses.replace(config, model=dataclasses.replace(cfg, memory=memory)), args)
     rows.append(row)
     print_rows([row], header=i == 0)
   by = {r["memory"]: r for r in rows}

@@ -112,13 +112,12 @@ def main(argv=None) -> dict:
   own, rest = evaluation.split_own_flags(argv, FLAGS)
   cli.setup_logging()
   checkpoint_flag = evaluation.last(own, "checkpoint")
-  bound = evaluation.parse_gin(rest, checkpoint_flag)
-  model_dir = bound.get("model_dir") or ""
-  directory = evaluation.checkpoint_dir(checkpoint_flag, model_dir)
+  config = evaluation.parse_gin(rest, checkpoint_flag)
+  directory = evaluation.checkpoint_dir(checkpoint_flag, config.model_dir)
   out = evaluation.last(own, "out") or evaluation.default_out(directory)
   paths.makedirs(out)
   written = {}
-  gates, at_step = restore_gates(bound["model"], directory)
+  gates, at_step = restore_gates(config.model, directory)
   written["heat_map_png"] = os.path.join(out, "gates.png")
   plot_heat_map(gates, written["heat_map_png"],
                 f"gates sigmoid(beta) at step {at_step}\n{directory}")

@@ -96,8 +96,8 @@ def main(argv=None) -> dict:
   segments = evaluation.parse_list(evaluation.last(own, "segments", "16,64,256"), "--segments",
                                    evaluation.parse_count)
   samples = evaluation.parse_count(evaluation.last(own, "samples", "8"), "--samples")
-  digits = int(evaluation.last(own, "digits", getattr(loaded.bound["data"], "passkey_digits", 5)))
-  encode = evaluation.encoder(loaded.bound["data"])
+  digits = int(evaluation.last(own, "digits", getattr(loaded.config.data, "passkey_digits", 5)))
+  encode = evaluation.encoder(loaded.config.data)
   gates = np.asarray(jax.nn.sigmoid(model.blocks.attn.beta[...]))      # [layers, heads]
   result = {"checkpoint": loaded.checkpoint, "step": loaded.step, "gates": gates.tolist(),
             "update_rule": cfg.update_rule, "lengths": []}

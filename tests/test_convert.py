@@ -474,12 +474,14 @@ def test_continual_pretraining_runs_from_the_weights(llama_dir, tmp_path):
   # init_from="hf:DIR"; a converted checkpoint goes through checkpoint.restore_params, which
   # test_cli_conversion_matches_numpy_llama checks.
   from infini_jax import inputs, optim, train
+  from infini_jax.run import RunConfig
   init_from = f"hf:{llama_dir[0]}"
   cfg = llama.config_from_hf(LLAMA, segment_len=SEQ, gate_init=-3.0)
   data = inputs.SyntheticData(batch_size=2, seq_len=2 * SEQ, segment_len=SEQ)
   opt = optim.OptimizerConfig(learning_rate=1e-4, warmup_steps=0, total_steps=3, schedule="constant")
-  result = train.train(model=cfg, optimizer=opt, data=data, model_dir=str(tmp_path / "run"),
-                       steps=3, checkpoint_every=3, log_every=1, init_from=init_from)
+  result = train.train(RunConfig(model=cfg, optimizer=opt, data=data,
+                                 model_dir=str(tmp_path / "run"), steps=3, checkpoint_every=3,
+                                 log_every=1, init_from=init_from))
   assert np.isfinite(result["loss"]), result
   final, report = restore_params(tmp_path / "run" / "checkpoints", llama.abstract_params(cfg))
   assert report["step"] == 3

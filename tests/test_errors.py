@@ -131,7 +131,7 @@ def test_gins_context_becomes_a_prefix_and_a_suffix():
 def _parse(*flags, files=(SMOKE,)):
   bindings = [(f, f[len("--gin."):].replace("=", " = ", 1)) for f in flags]
   cli.parse(list(files), [], bindings)
-  return cli.bindings_of("train")
+  return cli.run_config()
 
 
 @pytest.mark.parametrize("flag, message", [
@@ -155,9 +155,9 @@ def _parse(*flags, files=(SMOKE,)):
 ])
 def test_bad_gin_flags(tmp_path, flag, message):
   with pytest.raises(UserError) as error:
-    bound = _parse(flag, f"--gin.MODEL_DIR='{tmp_path}'")
+    config = _parse(flag, f"--gin.MODEL_DIR='{tmp_path}'")
     from infini_jax import train
-    train.train(**bound)
+    train.train(config)
   assert re.search(message, one_line(error.value)), one_line(error.value)
 
 
@@ -172,14 +172,18 @@ def test_an_undefined_macro_in_a_file_names_the_binding(tmp_path):
 @pytest.mark.parametrize("train_flag, message", [
     ("--gin.train.steps=-1", "train.steps=-1 must be >= 0; set --gin.train.steps"),
     ("--gin.train.log_every=0", "train.log_every=0 must be >= 1; set --gin.train.log_every"),
+    # gin does no type checks; every entry point builds the config through run.RunConfig, which does
+    ("--gin.train.steps='10'", "train.steps='10' is a str; expected int; fix the binding "
+     "--gin.train.steps"),
+    ("--gin.ModelConfig.gate_init='zero'", "ModelConfig.gate_init='zero' is a str; expected "
+     "float"),
     ("--gin.SyntheticData.segment_len=8", "data segment_len 8 differs from the model's 16; bind "
      "both to the macro SEGMENT_LEN"),
 ])
 def test_train_arguments(tmp_path, train_flag, message):
   from infini_jax import train
-  bound = _parse(train_flag, f"--gin.MODEL_DIR='{tmp_path}'")
   with pytest.raises(UserError, match=message):
-    train.train(**bound)
+    train.train(_parse(train_flag, f"--gin.MODEL_DIR='{tmp_path}'"))
 
 
 # ---------------------------------------------------------------------------------------------

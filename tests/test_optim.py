@@ -141,10 +141,11 @@ def test_a_pattern_that_matches_nothing_is_an_error(key, value, pattern):
 def test_train_checks_the_patterns_before_compiling(tmp_path):
   from infini_jax import inputs, train
   from infini_jax.model import ModelConfig
+  from infini_jax.run import RunConfig
   data = inputs.SyntheticData(batch_size=2, seq_len=32, segment_len=16)
   with pytest.raises(ValueError, match="optimizer.gate_pattern: 'gates' matches no parameter"):
-    train.train(model=ModelConfig(segment_len=16), data=data, model_dir=str(tmp_path), steps=1,
-                optimizer=optim.OptimizerConfig(gate_pattern="gates"))
+    train.train(RunConfig(model=ModelConfig(segment_len=16), data=data, model_dir=str(tmp_path),
+                          steps=1, optimizer=optim.OptimizerConfig(gate_pattern="gates")))
 
 
 def test_masks_by_path_work_on_nnx_state():

@@ -98,8 +98,8 @@ def test_bad_sweep_files_are_refused(tmp_path, text, message):
      "binding LERNING_RATE = 0.01: no gin file defines the macro LERNING_RATE; did you mean "
      "LEARNING_RATE?"),
     ('{"ModelConfig.gate_init": "zero"}', "sweep run 3/3 gate-initzero "
-     "(--gin.ModelConfig.gate_init=\"zero\"): TypeError: ModelConfig.gate_init='zero' is a str; "
-     "expected float"),
+     "(--gin.ModelConfig.gate_init=\"zero\"): ModelConfig.gate_init='zero' is a str; "
+     "expected float; fix the binding --gin.ModelConfig.gate_init"),
     ('{"ModelConfig.memory": "infinite"}', "ModelConfig.memory='infinite' is not one of"),
 ])
 def test_a_bad_third_run_stops_the_sweep_before_anything_runs(tmp_path, third, message):

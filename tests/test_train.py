@@ -82,21 +82,21 @@ def test_every_shipped_config_parses_and_builds_at_full_size():
   for name in shipped:
     want = expected.get(name)
     cli.parse([os.path.join(ROOT, "configs", name)], [], [])
-    bound = cli.bindings_of("train")
-    graphdef, abstract = abstract_model(bound["model"])
+    config = cli.run_config()   # every shipped config builds and type-checks
+    graphdef, abstract = abstract_model(config.model)
     count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract))
-    assert bound["data"].seq_len % bound["model"].segment_len == 0, name
+    assert config.data.seq_len % config.model.segment_len == 0, name
     if want is not None:
       assert count == want, f"{name}: {count:,} parameters, expected {want:,}"
     if name.startswith("continual/"):
-      assert bound["init_from"].startswith("hf:/models/") and bound["init_from"] == bound["data"].vocabulary
-      assert (bound["model"].rope_scaling is None) == ("8b" in name), name
+      assert config.init_from.startswith("hf:/models/") and config.init_from == config.data.vocabulary
+      assert (config.model.rope_scaling is None) == ("8b" in name), name
     if name.endswith("_dilute.gin"):   # stage 2 continues its own stage 1's model
       stage1 = name.replace("_dilute", "")
       cli.parse([os.path.join(ROOT, "configs", stage1)], [], [])
-      first = cli.bindings_of("train")
-      assert bound["init_from"] == first["model_dir"] + "/checkpoints", name
-      assert bound["model"] == first["model"] and bound["data"].passkey_dilution > 1, name
+      first = cli.run_config()
+      assert config.init_from == first.model_dir + "/checkpoints", name
+      assert config.model == first.model and config.data.passkey_dilution > 1, name
   gin.clear_config()
 
 
@@ -267,13 +267,14 @@ def test_gate_multiplier_moves_gates_when_weights_barely_move(tmp_path):
   from flax import nnx
   from infini_jax import checkpoint, inputs, optim, train
   from infini_jax.model import InfiniTransformer, ModelConfig
+  from infini_jax.run import RunConfig
   model = ModelConfig(vocab_size=384, num_layers=2, d_model=32, num_heads=4, num_kv_heads=2,
                       mlp_dim=64, segment_len=16)
   data = inputs.SyntheticData(batch_size=4, seq_len=64, segment_len=16)
   opt = optim.OptimizerConfig(learning_rate=1e-5, warmup_steps=0, total_steps=5,
                               schedule="constant", gate_lr_multiplier=1000.0, weight_decay=0.0)
-  train.train(model=model, optimizer=opt, data=data, model_dir=str(tmp_path), steps=5,
-              checkpoint_every=5, log_every=5, seed=0)
+  train.train(RunConfig(model=model, optimizer=opt, data=data, model_dir=str(tmp_path), steps=5,
+                        checkpoint_every=5, log_every=5, seed=0))
   initial = nnx.to_pure_dict(nnx.state(
       InfiniTransformer(model, rngs=nnx.Rngs(params=jax.random.key(0))), nnx.Param))
   final, _ = checkpoint.restore_params(tmp_path / "checkpoints", initial)
