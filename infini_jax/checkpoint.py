@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from infini_jax import paths
+from infini_jax import paths, trees
 from infini_jax.errors import UserError
 
 FORMAT = "infini_jax.checkpoint/1"
@@ -83,7 +83,7 @@ _tree_checksums = jax.jit(lambda tree: jax.tree.map(_checksum, tree))
 
 def checksums(tree) -> dict:
   """``{path: 16-hex-digit checksum}`` for every array leaf; layout-independent (see module doc)."""
-  paths = [_path(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+  paths = [trees.path_name(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
   out = {}
   for path, lanes in zip(paths, jax.tree.leaves(_tree_checksums(tree))):
     a, b = np.asarray(lanes.addressable_data(0))
@@ -95,20 +95,9 @@ def checksums(tree) -> dict:
 # Paths and abstract trees
 
 
-def _key_name(k) -> str:
-  for attr in ("key", "name", "idx"):
-    if hasattr(k, attr):
-      return str(getattr(k, attr))
-  return str(k)
-
-
-def _path(path) -> str:
-  return "/".join(_key_name(k) for k in path)
-
-
 def _describe(tree) -> dict:
   sums = checksums(tree)
-  return {_path(p): {"shape": list(np.shape(x)), "dtype": str(x.dtype), "checksum": sums[_path(p)]}
+  return {trees.path_name(p): {"shape": list(np.shape(x)), "dtype": str(x.dtype), "checksum": sums[trees.path_name(p)]}
           for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
@@ -252,7 +241,7 @@ class Checkpointer:
     """
     bad = []
     found = None
-    flat = [(_path(p), x) for p, x in jax.tree_util.tree_flatten_with_path(target)[0]]
+    flat = [(trees.path_name(p), x) for p, x in jax.tree_util.tree_flatten_with_path(target)[0]]
     for step in reversed(self.all_steps()):
       meta, reason = _attempt("meta item unreadable", lambda: _read_meta(self._manager, step))
       if reason is None:
@@ -315,17 +304,6 @@ class Checkpointer:
 # Continual pretraining
 
 
-def _nest(pairs) -> dict:
-  """Nested dict from ``(key tuple, value)`` pairs."""
-  out = {}
-  for keys, value in pairs:
-    node = out
-    for k in keys[:-1]:
-      node = node.setdefault(k, {})
-    node[keys[-1]] = value
-  return out
-
-
 def restore_params(path_or_dir, target_params, step: int | None = None):
   """Restores only the ``params`` subtree of another run's checkpoint onto ``target_params``.
 
@@ -344,8 +322,7 @@ def restore_params(path_or_dir, target_params, step: int | None = None):
   steps = [step] if step is not None else sorted(manager.all_steps(), reverse=True)
   if not steps:
     raise FileNotFoundError(f"no checkpoint steps in {root}")
-  flat = [(tuple(_key_name(k) for k in p), x)
-          for p, x in jax.tree_util.tree_flatten_with_path(target_params)[0]]
+  flat = [(trees.key_names(p), x) for p, x in jax.tree_util.tree_flatten_with_path(target_params)[0]]
   for s in steps:
     meta, reason = _attempt("meta item unreadable", lambda: _read_meta(manager, s))
     if reason is None:
@@ -356,8 +333,8 @@ def restore_params(path_or_dir, target_params, step: int | None = None):
                 "extra": sorted(set(saved) - {"/".join(k) for k, _ in flat}),
                 "step": s, "directory": str(root)}
       _check_shapes([("/".join(k), x, saved["/".join(k)]) for k, x in common], s, root)
-      target = _nest([(k, x) for k, x in common])
-      abstract = _nest([(k, _abstract(x, saved["/".join(k)]["dtype"])) for k, x in common])
+      target = trees.nest([(k, x) for k, x in common])
+      abstract = trees.nest([(k, _abstract(x, saved["/".join(k)]["dtype"])) for k, x in common])
       restore_args = jax.tree.map(
           lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding, dtype=a.dtype), abstract)
       params, reason = _attempt("parameters failed to restore", lambda: manager.restore(

@@ -11,7 +11,7 @@ Sequences in a batch may have different lengths: prompts are right-padded and ca
 ``lengths``; every sequence keeps its own place in its segment (``DecodeState.pos``), so segment
 boundaries stay where the model put them in training.
 
-A model whose parameters are sharded (``evaluation.load``) runs sharded: inside
+A model whose parameters are sharded (``evals.restore.load_run``) runs sharded: inside
 ``sharding.activate(mesh, rules)`` the state is constrained by logical names, its batch over the
 mesh axes of "batch" and its key/value heads over those of "kv_heads", as in training.
 """

@@ -1,7 +1,7 @@
 """Errors in what a user gave: a flag, a config value, a file or folder.
 
 A :class:`UserError` says what is wrong with which input and how to fix it. The command line
-(``cli.command``) prints it as one ``error: ...`` line and exits with status 2; any other
+(``commands.entry.run``) prints it as one ``error: ...`` line and exits with status 2; any other
 exception is a bug and keeps its traceback (status 1). Importable without gin, JAX or TensorFlow,
 so configs and data readers raise it where they check their input.
 """

@@ -16,7 +16,8 @@ from typing import Any
 
 import jax
 
-from infini_jax import divergence, optim, sharding, step
+from infini_jax.training import divergence, optim, step
+from infini_jax import sharding
 from infini_jax.data.config import DataConfig
 from infini_jax.errors import UserError
 from infini_jax.inputs import SyntheticData

@@ -2,9 +2,10 @@
 
 Every parameter carries ``logical_axes`` metadata (e.g. ``("embed", "mlp")``) and activations are
 constrained by logical names through :func:`constrain`. The rules that map logical names to the
-mesh axes ``data``, ``fsdp``, ``tensor`` are data (gin binds them); :func:`use_rules` activates them.
-Without an active mesh and rules, :func:`constrain` does nothing, so the model runs unchanged on one
-device.
+mesh axes ``data``, ``fsdp``, ``tensor`` are data (gin binds them, ``MeshConfig.rules``);
+:func:`activate` makes a mesh and its rules current together. Without a mesh, :func:`constrain`
+does nothing (one device: nothing to shard); with a mesh but no rules it is an error, so a
+computation never traces half-sharded by accident.
 """
 
 import contextlib
@@ -14,6 +15,7 @@ import threading
 import jax
 from flax import linen
 
+from infini_jax import trees
 from infini_jax.errors import UserError
 
 # (logical name, mesh axes) pairs in order of precedence; a mesh axis is used once per array.
@@ -33,8 +35,7 @@ _active = threading.local()
 
 
 @contextlib.contextmanager
-def use_rules(rules):
-  """Activates logical-axis ``rules`` for :func:`constrain` inside the block."""
+def _use_rules(rules):
   previous = getattr(_active, "rules", None)
   _active.rules = tuple(rules)
   try:
@@ -46,7 +47,7 @@ def use_rules(rules):
 @contextlib.contextmanager
 def activate(mesh: jax.sharding.Mesh, rules):
   """Makes ``mesh`` current and ``rules`` active: jit-traced code inside is sharded by them."""
-  with jax.set_mesh(mesh), use_rules(rules):
+  with jax.set_mesh(mesh), _use_rules(rules):
     yield
 
 
@@ -57,10 +58,17 @@ def logical_to_spec(names, rules=None) -> jax.sharding.PartitionSpec:
 
 
 def constrain(x: jax.Array, names) -> jax.Array:
-  """``with_sharding_constraint`` by logical names; a no-op without an active mesh and rules."""
-  rules = getattr(_active, "rules", None)
-  if not rules or jax.sharding.get_abstract_mesh().empty:
+  """``with_sharding_constraint`` by logical names under the active mesh and rules.
+
+  A no-op without a mesh (one device); an error under a mesh made current without rules
+  (``jax.set_mesh`` alone): trace inside :func:`activate` instead.
+  """
+  if jax.sharding.get_abstract_mesh().empty:
     return x
+  rules = getattr(_active, "rules", None)
+  if not rules:
+    raise RuntimeError(f"sharding.constrain({tuple(names)}) under a mesh without logical-axis "
+                       f"rules: trace the computation inside sharding.activate(mesh, rules)")
   return jax.lax.with_sharding_constraint(x, logical_to_spec(names, rules))
 
 
@@ -130,7 +138,7 @@ def param_shardings(abstract_params, mesh, rules):
 
   def one(path, variable):
     names = variable.get_metadata().get("logical_axes") or (None,) * len(variable.shape)
-    what = "parameter " + "/".join(str(getattr(p, "key", p)) for p in path)
+    what = "parameter " + trees.path_name(path)
     return named_sharding(mesh, variable.shape, names, rules, what)
 
   shardings = jax.tree_util.tree_map_with_path(
@@ -148,10 +156,6 @@ def replicated(mesh) -> jax.sharding.NamedSharding:
   return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
 
 
-def _keys(path) -> tuple:
-  return tuple(str(getattr(p, "key", getattr(p, "name", getattr(p, "idx", p)))) for p in path)
-
-
 def follow_params(abstract_tree, abstract_params, params_shardings, mesh):
   """Shardings for a pytree (e.g. optimizer state) whose subtrees mirror the params.
 
@@ -161,10 +165,10 @@ def follow_params(abstract_tree, abstract_params, params_shardings, mesh):
   by_path = {}
   for (path, a), s in zip(jax.tree_util.tree_flatten_with_path(abstract_params)[0],
                           jax.tree.leaves(params_shardings)):
-    by_path[_keys(path)] = (a.shape, s)
+    by_path[trees.key_names(path)] = (a.shape, s)
 
   def one(path, leaf):
-    keys = _keys(path)
+    keys = trees.key_names(path)
     for start in range(len(keys)):
       shape, s = by_path.get(keys[start:], (None, None))
       if s is not None and shape == getattr(leaf, "shape", None):

@@ -101,16 +101,16 @@ def main(argv) -> dict:
                                + f" --xla_force_host_platform_device_count={devices}")
   import jax
 
-  from infini_jax import cli
-  from infini_jax.compiled_memory import peak_bytes
+  from infini_jax.commands import gin_flags
+  from infini_jax.training.compiled_memory import peak_bytes
   from infini_jax.model import attention
   from infini_jax.run import build_run
 
-  files, paths, bindings, unknown = cli.split_flags(rest)
+  files, paths, bindings, unknown = gin_flags.split_flags(rest)
   if unknown or not files:
     raise SystemExit(__doc__)
-  cli.parse(files, paths, bindings)
-  config = cli.run_config()
+  gin_flags.parse(files, paths, bindings)
+  config = gin_flags.run_config()
   model, data = config.model, config.data
   targets = tpu_devices(topology_name, chip_config) if tpu else jax.devices()
   t0 = time.perf_counter()
@@ -162,5 +162,5 @@ def main(argv) -> dict:
 
 
 if __name__ == "__main__":
-  from infini_jax import command
-  command.run(lambda argv: 1 if main(argv)["fits"] is False else 0)
+  from infini_jax.commands import entry
+  entry.run(lambda argv: 1 if main(argv)["fits"] is False else 0)

@@ -12,8 +12,9 @@ import json
 
 import jax
 
-from infini_jax import optim, sharding, step
-from infini_jax.compiled_memory import peak_bytes
+from infini_jax.training import optim, step
+from infini_jax import sharding
+from infini_jax.training.compiled_memory import peak_bytes
 from infini_jax.model import ModelConfig
 
 

@@ -17,9 +17,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from infini_jax.compiled_memory import peak_bytes
+from infini_jax.training.compiled_memory import peak_bytes
 from infini_jax.model import ModelConfig
-from infini_jax.step import abstract_model, loss_sums
+from infini_jax.training.step import abstract_model, loss_sums
 
 
 def bench(cfg: ModelConfig, batch: int, segments: int, repeats: int) -> dict:

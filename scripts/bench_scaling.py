@@ -98,7 +98,7 @@ class _RssWatch:
 
 
 def _peak(compiled):
-  from infini_jax.compiled_memory import peak_bytes
+  from infini_jax.training.compiled_memory import peak_bytes
   return peak_bytes(compiled.memory_analysis())
 
 
@@ -125,7 +125,7 @@ def measure(args, model_name: str, mode: str, length: int) -> dict:
 
   from infini_jax import decode
   from infini_jax.model import InfiniTransformer
-  from infini_jax.step import loss_sums
+  from infini_jax.training.step import loss_sums
 
   cfg = model_config(args, model_name, length)
   segments = cfg.num_segments(length)

@@ -28,8 +28,8 @@ import time
 
 import jax
 
-from infini_jax import flops, optim
-from infini_jax.compiled_memory import peak_bytes
+from infini_jax.training import flops, optim
+from infini_jax.training.compiled_memory import peak_bytes
 from infini_jax.inputs import SyntheticData, SyntheticPipeline
 from infini_jax.model import ModelConfig
 from infini_jax.run import RunConfig, build_run
@@ -122,8 +122,8 @@ def main(argv=None):
   argv = sys.argv[1:] if argv is None else argv
   files, paths, bindings, rest = [], [], [], argv
   if any(a.startswith(("--gin_file=", "--gin_search_paths=", "--gin.")) for a in argv):
-    from infini_jax import cli   # imports gin: only when gin flags are given
-    files, paths, bindings, rest = cli.split_flags(argv)
+    from infini_jax.commands import gin_flags   # imports gin: only when gin flags are given
+    files, paths, bindings, rest = gin_flags.split_flags(argv)
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
   p.add_argument("--preset", choices=sorted(PRESETS), help="a built-in config (no gin needed)")
   p.add_argument("--batch", type=int, help="global batch (default: the preset's or gin's)")
@@ -145,8 +145,8 @@ def main(argv=None):
   if bool(files) == bool(args.preset):
     raise SystemExit("give exactly one of --preset and --gin_file (see --help)")
   if files:
-    cli.parse(files, paths, bindings)
-    config = cli.run_config()
+    gin_flags.parse(files, paths, bindings)
+    config = gin_flags.run_config()
   else:
     preset = PRESETS[args.preset]
     model = preset["model"]
@@ -193,5 +193,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  from infini_jax import command
-  command.run(main)
+  from infini_jax.commands import entry
+  entry.run(main)

@@ -24,7 +24,9 @@ from flax import nnx
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from infini_jax import checkpoint, cli, command, evaluation, paths, step  # noqa: E402
+from infini_jax import checkpoint, paths  # noqa: E402
+from infini_jax.commands import entry, gin_flags, runs  # noqa: E402
+from infini_jax.training import step  # noqa: E402
 
 FLAGS = ("checkpoint", "logdir", "out")
 TAG = re.compile(r"gates/layer_(\d+)/head_(\d+)$")
@@ -33,7 +35,7 @@ TAG = re.compile(r"gates/layer_(\d+)/head_(\d+)$")
 def restore_gates(model_cfg, directory: str) -> tuple[np.ndarray, int]:
   """sigmoid(beta) ``[layers, heads]`` of a checkpoint (only beta is read) and its step."""
   if model_cfg.memory == "none":
-    raise cli.ConfigError('the model has memory="none": it has no gates')
+    raise gin_flags.ConfigError('the model has memory="none": it has no gates')
   _, abstract = step.abstract_model(model_cfg)
   beta = nnx.to_pure_dict(abstract)["blocks"]["attn"]["beta"]
   target = {"blocks": {"attn": {"beta": jax.ShapeDtypeStruct(beta.shape, beta.dtype)}}}
@@ -109,12 +111,12 @@ def plot_history(history: dict, path: str, title: str) -> None:
 
 def main(argv=None) -> dict:
   argv = sys.argv[1:] if argv is None else argv
-  own, rest = evaluation.split_own_flags(argv, FLAGS)
-  cli.setup_logging()
-  checkpoint_flag = evaluation.last(own, "checkpoint")
-  config = evaluation.parse_gin(rest, checkpoint_flag)
-  directory = evaluation.checkpoint_dir(checkpoint_flag, config.model_dir)
-  out = evaluation.last(own, "out") or evaluation.default_out(directory)
+  own, rest = runs.split_own_flags(argv, FLAGS)
+  gin_flags.setup_logging()
+  checkpoint_flag = runs.last(own, "checkpoint")
+  config = runs.parse_gin(rest, checkpoint_flag)
+  directory = runs.checkpoint_dir(checkpoint_flag, config.model_dir)
+  out = runs.last(own, "out") or runs.default_out(directory)
   paths.makedirs(out)
   written = {}
   gates, at_step = restore_gates(config.model, directory)
@@ -123,8 +125,8 @@ def main(argv=None) -> dict:
                 f"gates sigmoid(beta) at step {at_step}\n{directory}")
   print(f"sigmoid(beta) at step {at_step} (rows: layers, columns: heads)")
   print("\n".join(" ".join(f"{g:.2f}" for g in row) for row in gates))
-  run_dir = os.path.dirname(evaluation.default_out(directory))
-  logdir = evaluation.last(own, "logdir") or os.path.join(run_dir, "tensorboard")
+  run_dir = os.path.dirname(runs.default_out(directory))
+  logdir = runs.last(own, "logdir") or os.path.join(run_dir, "tensorboard")
   history = read_gate_history(logdir) if os.path.isdir(logdir) else {}
   if history:
     written["history_png"] = os.path.join(out, "gates_over_training.png")
@@ -136,4 +138,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-  command.run(main)
+  entry.run(main)

@@ -27,7 +27,9 @@ from flax import nnx
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from infini_jax import command, evaluation, eval_passkey, paths  # noqa: E402
+from infini_jax.commands import entry, runs  # noqa: E402
+from infini_jax.evals import passkey as passkey_eval, restore  # noqa: E402
+from infini_jax import paths  # noqa: E402
 from infini_jax.errors import UserError  # noqa: E402
 from infini_jax.data import passkey  # noqa: E402
 from infini_jax.memory import sigma  # noqa: E402
@@ -85,19 +87,19 @@ def key_share(model, tokens: np.ndarray, key_span: list[tuple[int, int]]) -> np.
 
 
 def main(argv=None) -> dict:
-  own, gin_argv = evaluation.split_own_flags(
+  own, gin_argv = runs.split_own_flags(
       sys.argv[1:] if argv is None else argv, ("checkpoint", "segments", "samples", "digits", "out"))
   if "checkpoint" not in own:
     raise SystemExit(USAGE)
-  loaded = evaluation.load(gin_argv, evaluation.last(own, "checkpoint"))
+  loaded = runs.load(gin_argv, runs.last(own, "checkpoint"))
   model, cfg = loaded.model, loaded.model.cfg
   if cfg.memory != "infini":
     raise UserError(f"ModelConfig.memory is {cfg.memory!r}: there is no memory to probe")
-  segments = evaluation.parse_list(evaluation.last(own, "segments", "16,64,256"), "--segments",
-                                   evaluation.parse_count)
-  samples = evaluation.parse_count(evaluation.last(own, "samples", "8"), "--samples")
-  digits = int(evaluation.last(own, "digits", getattr(loaded.config.data, "passkey_digits", 5)))
-  encode = evaluation.encoder(loaded.config.data)
+  segments = runs.parse_list(runs.last(own, "segments", "16,64,256"), "--segments",
+                                   runs.parse_count)
+  samples = runs.parse_count(runs.last(own, "samples", "8"), "--samples")
+  digits = int(runs.last(own, "digits", getattr(loaded.config.data, "passkey_digits", 5)))
+  encode = restore.encoder(loaded.config.data)
   gates = np.asarray(jax.nn.sigmoid(model.blocks.attn.beta[...]))      # [layers, heads]
   result = {"checkpoint": loaded.checkpoint, "step": loaded.step, "gates": gates.tolist(),
             "update_rule": cfg.update_rule, "lengths": []}
@@ -107,7 +109,7 @@ def main(argv=None) -> dict:
     length = n * cfg.segment_len
     rows, spans = [], []
     for i in range(samples):
-      ex = eval_passkey.prompt(encode, length, 0.0, digits, passkey.example_seed("eval", i))
+      ex = passkey_eval.prompt(encode, length, 0.0, digits, passkey.example_seed("eval", i))
       rows.append(np.concatenate([ex["tokens"], ex["answer"][:-1]]))
       spans.append(ex["key_sentence"])
     with loaded.sharded():
@@ -116,7 +118,7 @@ def main(argv=None) -> dict:
     cells = "  ".join(f"L{l}H{h} {share[l, h]:.2e} [{gates[l, h]:.2f}]"
                       for l in range(share.shape[0]) for h in range(share.shape[1]))
     print(f"{n:5d} segments: {cells}")
-  out = evaluation.last(own, "out") or os.path.join(evaluation.default_out(loaded.checkpoint),
+  out = runs.last(own, "out") or os.path.join(runs.default_out(loaded.checkpoint),
                                                     "memory_probe.json")
   paths.write_text(out, json.dumps(result, indent=1))
   print(f"wrote {out}")
@@ -124,4 +126,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-  command.run(main)
+  entry.run(main)

@@ -17,7 +17,7 @@ from typing import Iterator
 import sentencepiece as spm
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from infini_jax import command  # noqa: E402
+from infini_jax.commands import entry  # noqa: E402
 from infini_jax.data import text_files  # noqa: E402  (pure Python, no TensorFlow)
 
 
@@ -75,4 +75,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  command.run(main)
+  entry.run(main)

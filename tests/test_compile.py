@@ -12,7 +12,8 @@ import fake_devices
 SCRIPT = r"""
 import json, sys, time
 import jax
-from infini_jax import optim, sharding, step
+from infini_jax.training import optim, step
+from infini_jax import sharding
 from infini_jax.model import ModelConfig
 
 cfg = ModelConfig(vocab_size=256, num_layers=2, d_model=64, num_heads=4, num_kv_heads=2,

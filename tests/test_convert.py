@@ -22,7 +22,8 @@ import pytest
 from flax import nnx
 from safetensors.numpy import save_file
 
-from infini_jax import convert
+from infini_jax.commands import convert
+from infini_jax.hf import convert as hf_convert
 from infini_jax.checkpoint import restore_params
 from infini_jax.errors import UserError
 from infini_jax.hf import llama
@@ -202,7 +203,7 @@ def test_cli_conversion_matches_numpy_llama(llama_dir, tmp_path, caplog):
   with caplog.at_level("INFO", logger="infini_jax.convert"):
     convert.main([f"--from_hf={hf_dir}", f"--out={out}"])   # no gin file: config.json + recipe
   assert convert.recipe_settings() == RECIPE
-  assert convert.read_model_config(out) == llama.config_from_hf(LLAMA, **RECIPE)
+  assert hf_convert.read_model_config(out) == llama.config_from_hf(LLAMA, **RECIPE)
   # Every value is printed with its source, the gate's start as a share of the output.
   assert "ModelConfig.num_kv_heads = 2   # config.json" in caplog.text
   assert ("ModelConfig.gate_init = -6.0   # recipe continual/llama3_2_1b.gin; sigmoid(-6) = 0.25 % "
@@ -225,7 +226,7 @@ def test_gin_bindings_alone_override_config_json_and_the_recipe(llama_dir, tmp_p
   with pytest.warns(UserWarning, match="rope_theta=20000.0 differs from the 10000.0"):
     convert.main([f"--from_hf={llama_dir[0]}", f"--out={out}", "--gin.ModelConfig.segment_len=16",
                   "--gin.ModelConfig.gate_init=-3.0", "--gin.ModelConfig.rope_theta=20000.0"])
-  cfg = convert.read_model_config(out)
+  cfg = hf_convert.read_model_config(out)
   assert cfg == llama.config_from_hf(LLAMA, **{**RECIPE, "segment_len": 16, "gate_init": -3.0,
                                                "rope_theta": 20000.0})
   params, _ = restore_params(out, llama.abstract_params(cfg))
@@ -473,7 +474,8 @@ def test_gates_are_reported_unused_without_memory(llama_dir, tmp_path):
 def test_continual_pretraining_runs_from_the_weights(llama_dir, tmp_path):
   # init_from="hf:DIR"; a converted checkpoint goes through checkpoint.restore_params, which
   # test_cli_conversion_matches_numpy_llama checks.
-  from infini_jax import inputs, optim, train
+  from infini_jax import inputs
+  from infini_jax.training import optim, trainer as train
   from infini_jax.run import RunConfig
   init_from = f"hf:{llama_dir[0]}"
   cfg = llama.config_from_hf(LLAMA, segment_len=SEQ, gate_init=-3.0)

@@ -13,7 +13,8 @@ import sys
 
 import pytest
 
-from infini_jax import cli, command, evaluation
+from infini_jax.commands import entry, gin_flags
+from infini_jax.evals import restore
 from infini_jax.errors import UserError, one_line
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -30,7 +31,7 @@ def run(entry, *args, cwd=ROOT):
 
 def only_error_line(proc) -> str:
   """The one line a user error prints, after checking it is all that went to stderr."""
-  assert proc.returncode == command.USER_ERROR_STATUS, proc.stdout[-2000:] + proc.stderr[-3000:]
+  assert proc.returncode == entry.USER_ERROR_STATUS, proc.stdout[-2000:] + proc.stderr[-3000:]
   lines = proc.stderr.splitlines()
   assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-3000:]
   return lines[0]
@@ -50,7 +51,7 @@ def test_a_value_the_config_rejects_is_one_line_and_status_2(tmp_path):
 def test_verbose_adds_the_traceback(tmp_path):
   proc = run("train", f"--gin_file={SMOKE}", f"--gin.MODEL_DIR='{tmp_path}/run'", "--verbose",
              "--gin.ModelConfig.num_heads=3")
-  assert proc.returncode == command.USER_ERROR_STATUS
+  assert proc.returncode == entry.USER_ERROR_STATUS
   assert proc.stderr.startswith("Traceback (most recent call last):")
   assert "infini_jax/model/config.py" in proc.stderr
   assert proc.stderr.splitlines()[-1].startswith("error: ModelConfig: d_model=32 is not divisible")
@@ -58,8 +59,8 @@ def test_verbose_adds_the_traceback(tmp_path):
 
 def test_a_bug_keeps_its_traceback_and_status_1():
   proc = subprocess.run(
-      [sys.executable, "-c", "from infini_jax import command\n"
-       "def main(argv): raise RuntimeError(f'a bug, argv={argv}')\ncommand.run(main)",
+      [sys.executable, "-c", "from infini_jax.commands import entry\n"
+       "def main(argv): raise RuntimeError(f'a bug, argv={argv}')\nentry.run(main)",
        "--verbose", "x"],
       env={**os.environ, "PYTHONPATH": ROOT}, capture_output=True, text=True, timeout=60)
   assert proc.returncode == 1
@@ -101,22 +102,22 @@ def test_command_run_exits_with_mains_status_and_strips_verbose(capsys):
     return 3
 
   with pytest.raises(SystemExit) as done:
-    command.run(main, ["--a=1", "--verbose", "b"])
+    entry.run(main, ["--a=1", "--verbose", "b"])
   assert done.value.code == 3 and seen == [["--a=1", "b"]]
 
   def bad(argv):
-    raise cli.ConfigError("--x: wrong; use --y")
+    raise gin_flags.ConfigError("--x: wrong; use --y")
 
   with pytest.raises(SystemExit) as done:
-    command.run(bad, [])
+    entry.run(bad, [])
   assert done.value.code == 2
   assert capsys.readouterr().err == "error: --x: wrong; use --y\n"
 
 
 def test_gins_context_becomes_a_prefix_and_a_suffix():
-  cli.parse([SMOKE], [], [("--gin.ModelConfig.num_kv_heads=3", "ModelConfig.num_kv_heads = 3")])
+  gin_flags.parse([SMOKE], [], [("--gin.ModelConfig.num_kv_heads=3", "ModelConfig.num_kv_heads = 3")])
   with pytest.raises(UserError) as error:
-    cli.bindings_of("train")
+    gin_flags.bindings_of("train")
   assert "\n  In call to configurable 'ModelConfig'" in str(error.value)
   assert one_line(error.value) == (
       "ModelConfig: num_heads=4 is not divisible by num_kv_heads=3; set num_kv_heads to a "
@@ -130,8 +131,8 @@ def test_gins_context_becomes_a_prefix_and_a_suffix():
 
 def _parse(*flags, files=(SMOKE,)):
   bindings = [(f, f[len("--gin."):].replace("=", " = ", 1)) for f in flags]
-  cli.parse(list(files), [], bindings)
-  return cli.run_config()
+  gin_flags.parse(list(files), [], bindings)
+  return gin_flags.run_config()
 
 
 @pytest.mark.parametrize("flag, message", [
@@ -156,7 +157,7 @@ def _parse(*flags, files=(SMOKE,)):
 def test_bad_gin_flags(tmp_path, flag, message):
   with pytest.raises(UserError) as error:
     config = _parse(flag, f"--gin.MODEL_DIR='{tmp_path}'")
-    from infini_jax import train
+    from infini_jax.training import trainer as train
     train.train(config)
   assert re.search(message, one_line(error.value)), one_line(error.value)
 
@@ -164,7 +165,7 @@ def test_bad_gin_flags(tmp_path, flag, message):
 def test_an_undefined_macro_in_a_file_names_the_binding(tmp_path):
   gin_file = tmp_path / "x.gin"
   gin_file.write_text(f"include '{SMOKE}'\nModelConfig.d_model = %D_MODLE\n")
-  with pytest.raises(cli.ConfigError, match=r"^ModelConfig.d_model = %D_MODLE: no gin file or "
+  with pytest.raises(gin_flags.ConfigError, match=r"^ModelConfig.d_model = %D_MODLE: no gin file or "
                      r"flag defines the macro D_MODLE$"):
     _parse(files=[str(gin_file)])
 
@@ -181,7 +182,7 @@ def test_an_undefined_macro_in_a_file_names_the_binding(tmp_path):
      "both to the macro SEGMENT_LEN"),
 ])
 def test_train_arguments(tmp_path, train_flag, message):
-  from infini_jax import train
+  from infini_jax.training import trainer as train
   with pytest.raises(UserError, match=message):
     train.train(_parse(train_flag, f"--gin.MODEL_DIR='{tmp_path}'"))
 
@@ -233,17 +234,17 @@ def test_checkpoint_folders(tmp_path):
   target = {"v": jnp.zeros((2,)), "w": jnp.zeros((2,))}
   with pytest.raises(UserError, match=r"checkpoint directory .*/nowhere does not exist; point "
                      r"--checkpoint=DIR \(or MODEL_DIR\) at a run directory or its checkpoints/"):
-    evaluation.restore_params(str(tmp_path / "nowhere"), target)
+    restore.restore_params(str(tmp_path / "nowhere"), target)
   (tmp_path / "empty").mkdir()
   with pytest.raises(UserError, match=r"no checkpoint steps in .*/empty; point --checkpoint=DIR "
                      r"\(or MODEL_DIR\) at a run directory, or its checkpoints/, holding a saved "
                      r"step that restores$"):
-    evaluation.restore_params(str(tmp_path / "empty"), target)
+    restore.restore_params(str(tmp_path / "empty"), target)
   with checkpoint.Checkpointer(tmp_path / "ckpt", save_every=1, async_save=False) as ckpt:
     ckpt.save(1, {"params": {"v": jnp.ones((2,))}}, data_position=0, force=True)
   with pytest.raises(UserError, match=r"lacks parameters \['w'\]; is the gin config the one "
                      r"this run was trained with"):
-    evaluation.restore_params(str(tmp_path / "ckpt"), target)
+    restore.restore_params(str(tmp_path / "ckpt"), target)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from infini_jax import checkpoint, cli, decode, eval_passkey, evaluation, sharding
+from infini_jax import checkpoint, decode, sharding
+from infini_jax.commands import eval_passkey, gin_flags, runs
+from infini_jax.evals import passkey as passkey_eval, restore, streaming
 from infini_jax.errors import UserError
 from infini_jax.model import InfiniTransformer, ModelConfig
 
@@ -56,7 +58,7 @@ def test_lengths_in_segments_and_errors(run_dir, tmp_path):
   result = eval_passkey.main(GIN + [f"--checkpoint={run_dir}", "--segments=5", "--depths=middle",
                                     "--samples=1", f"--out={tmp_path}"])
   assert result["lengths"] == [5 * SEG]
-  with pytest.raises(cli.ConfigError, match="--depths: depth 'deep' is not one of"):
+  with pytest.raises(gin_flags.ConfigError, match="--depths: depth 'deep' is not one of"):
     eval_passkey.main(GIN + [f"--checkpoint={run_dir}", "--depths=deep"])
   with pytest.raises(UserError, match="too short for the passkey prompt"):
     eval_passkey.main(GIN + [f"--checkpoint={run_dir}", "--lengths=100", "--samples=1",
@@ -66,17 +68,17 @@ def test_lengths_in_segments_and_errors(run_dir, tmp_path):
 
 
 def test_counts_take_binary_suffixes():
-  assert [evaluation.parse_count(t, "--lengths") for t in ("2048", "32K", "1M", "2k")] == [
+  assert [runs.parse_count(t, "--lengths") for t in ("2048", "32K", "1M", "2k")] == [
       2048, 32768, 1048576, 2048]
-  with pytest.raises(cli.ConfigError, match="not a count like"):
-    evaluation.parse_count("1.5K", "--lengths")
+  with pytest.raises(gin_flags.ConfigError, match="not a count like"):
+    runs.parse_count("1.5K", "--lengths")
 
 
 def test_streamed_prefill_equals_one_prefill(run_dir):
-  model, _ = evaluation.restore_model(CFG, run_dir / "checkpoints", sharding.make_mesh(),
+  model, _ = restore.restore_model(CFG, run_dir / "checkpoints", sharding.make_mesh(),
                                       sharding.DEFAULT_RULES)
   tokens = np.random.default_rng(0).integers(3, 259, (2, 5 * SEG + 17))
-  state, logits = evaluation.stream_prefill(model, tokens, chunk_segments=2)   # 3 chunks
+  state, logits = streaming.stream_prefill(model, tokens, chunk_segments=2)   # 3 chunks
   want_state, want = decode.prefill(model, tokens)
   np.testing.assert_allclose(logits, want, atol=1e-4, rtol=1e-4)
   np.testing.assert_array_equal(state.pos, want_state.pos)
@@ -85,10 +87,10 @@ def test_streamed_prefill_equals_one_prefill(run_dir):
 
 def test_100k_token_prompts_run_in_bounded_memory(run_dir):
   """A 100K-token prompt costs no more memory than a 4K one: the prefill streams chunks."""
-  model, _ = evaluation.restore_model(CFG, run_dir / "checkpoints", sharding.make_mesh(),
+  model, _ = restore.restore_model(CFG, run_dir / "checkpoints", sharding.make_mesh(),
                                       sharding.DEFAULT_RULES)
-  encode = evaluation.encoder(None)   # byte vocabulary
-  run = lambda length: eval_passkey.evaluate(model, encode, [length], [("start", 0.0)], 2, 5)
+  encode = restore.encoder(None)   # byte vocabulary
+  run = lambda length: passkey_eval.evaluate(model, encode, [length], [("start", 0.0)], 2, 5)
   run(4096)                                                     # compiles; memory settles
   before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss   # KiB on Linux
   result = run(100_000)

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from infini_jax import checkpoint, cli, eval_ppl
+from infini_jax import checkpoint
+from infini_jax.commands import eval_ppl, gin_flags
+from infini_jax.evals import ppl
 from infini_jax.data import DataConfig
 from infini_jax.model import InfiniTransformer, ModelConfig
 
@@ -32,16 +34,16 @@ def save_run(directory, memory):
 def test_buckets_sum_the_right_segments():
   nll = np.arange(1.0, 21.0)            # segment s (1-based) has loss s per token
   weight = np.full(20, 2.0)
-  got = eval_ppl.buckets(nll * weight, weight)
+  got = ppl.buckets(nll * weight, weight)
   assert got["1"]["loss"] == 1.0 and got["2-4"]["loss"] == 3.0
   assert got["5-16"]["loss"] == 10.5 and got["17+"]["loss"] == 18.5
   assert got["17+"]["tokens"] == 8.0 and math.isclose(got["all"]["ppl"], math.exp(10.5))
-  assert eval_ppl.buckets(nll[:4], weight[:4])["5-16"] is None
+  assert ppl.buckets(nll[:4], weight[:4])["5-16"] is None
 
 
 def test_held_out_data_is_the_corpus_in_long_windows():
   cfg = DataConfig(task="shakespeare_passkey", passkey_rate=0.5, seq_len=1024, segment_len=128)
-  held_out = eval_ppl.held_out_data(cfg, 32, 2)
+  held_out = ppl.held_out_data(cfg, 32, 2)
   assert (held_out.task, held_out.passkey_rate, held_out.seq_len) == ("shakespeare", 0.0, 4096)
   assert held_out.batch_size == 2 and not held_out.shuffle
 
@@ -69,5 +71,5 @@ def test_entry_point_compares_with_the_baseline(tmp_path, capsys):
 
 def test_a_baseline_of_another_segment_length_is_refused(tmp_path):
   ours = save_run(tmp_path / "ours", "infini")
-  with pytest.raises(cli.ConfigError, match="segment_len 16 differs from 64"):
+  with pytest.raises(gin_flags.ConfigError, match="segment_len 16 differs from 64"):
     eval_ppl.main(GIN + [f"--checkpoint={ours}", f"--baseline_checkpoint={ours}"])

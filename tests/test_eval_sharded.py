@@ -28,7 +28,8 @@ CFG = ModelConfig(vocab_size=384, num_layers=2, d_model=32, num_heads=4, num_kv_
 def figures(run_dir: str, out: str, gin: list) -> dict:
   """Every tool's numbers on the checkpoint in ``run_dir``, and how the arrays are sharded."""
   import jax
-  from infini_jax import decode, eval_passkey, eval_ppl, evaluation
+  from infini_jax import decode
+  from infini_jax.commands import eval_passkey, eval_ppl, runs
   import script_modules
   flags = gin + [f"--checkpoint={run_dir}", f"--out={out}"]
   ppl = eval_ppl.main(flags + ["--segments=5", "--batches=1", "--batch_size=4"])
@@ -37,7 +38,7 @@ def figures(run_dir: str, out: str, gin: list) -> dict:
   probe = script_modules.load("probe_memory").main(
       gin + [f"--checkpoint={run_dir}", f"--out={out}/probe.json", "--segments=16", "--samples=4",
              "--digits=2"])
-  loaded = evaluation.load(gin, run_dir)
+  loaded = runs.load(gin, run_dir)
   prompts = np.arange(4 * (2 * SEG + 3)).reshape(4, -1) % 256
   lengths = np.array([2 * SEG + 3, SEG, 3, SEG + 7])
   with loaded.sharded():   # the generation crosses a segment boundary in every sequence

@@ -30,10 +30,11 @@ def assert_checkpoints_finite(model_dir) -> list:
   import gin
   import jax
   from flax import nnx
-  from infini_jax import checkpoint, cli
-  from infini_jax.step import abstract_model
-  cli.parse([SMOKE], [], [])
-  model = cli.bindings_of("train")["model"]
+  from infini_jax import checkpoint
+  from infini_jax.commands import gin_flags
+  from infini_jax.training.step import abstract_model
+  gin_flags.parse([SMOKE], [], [])
+  model = gin_flags.bindings_of("train")["model"]
   gin.clear_config()
   target = nnx.to_pure_dict(abstract_model(model)[1])
   steps = saved_steps(model_dir)
@@ -110,7 +111,7 @@ def test_rewind_gives_up_after_max_rewinds(tmp_path):
 
 
 def test_guard_flags_non_finite_metrics_and_spikes():
-  from infini_jax.divergence import Guard
+  from infini_jax.training.divergence import Guard
   guard = Guard(spike_factor=3.0, window=4, min_history=2)
   ok = {"loss": 2.0, "grad_norm": 1.0, "param_norm": 10.0}
   assert guard.check(ok) is None

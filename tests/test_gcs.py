@@ -109,7 +109,8 @@ def test_path_layer_in_a_bucket(gcs, tmp_path, monkeypatch):
 
 def test_sweep_summary_and_a_run_found_in_a_bucket(gcs, tmp_path, monkeypatch):
   import gin
-  from infini_jax import cli, evaluation, sweep_summary
+  from infini_jax.commands import gin_flags, runs
+  from infini_jax.commands.sweep import summary as sweep_summary
   _, fs = gcs
   monkeypatch.chdir(tmp_path)
   sweep = f"gs://{BUCKET}/sweep"
@@ -128,11 +129,11 @@ def test_sweep_summary_and_a_run_found_in_a_bucket(gcs, tmp_path, monkeypatch):
   assert {"sweep/results.csv", "sweep/results.md", "sweep/loss_curves.png"} <= written
   assert "lr_0.1,0.1,finished,2,2.5" in fs.cat(f"{BUCKET}/sweep/results.csv").decode()
   # What an evaluation given only --checkpoint=gs://... looks up, and gin reading the config there.
-  assert evaluation.checkpoint_dir(run, None) == f"{run}/checkpoints"
-  assert evaluation.run_config(f"{run}/checkpoints/2") == f"{run}/config.gin"
-  assert evaluation.default_out(f"{run}/checkpoints/2") == f"{run}/eval"
+  assert runs.checkpoint_dir(run, None) == f"{run}/checkpoints"
+  assert runs.run_config(f"{run}/checkpoints/2") == f"{run}/config.gin"
+  assert runs.default_out(f"{run}/checkpoints/2") == f"{run}/eval"
   try:
-    cli.parse([f"{run}/config.gin"], [], [])
+    gin_flags.parse([f"{run}/config.gin"], [], [])
     assert gin.query_parameter("%TRAIN_STEPS") == 2
   finally:
     gin.clear_config()

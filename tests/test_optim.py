@@ -9,7 +9,8 @@ import numpy as np
 import optax
 import pytest
 
-from infini_jax import optim
+from infini_jax import trees
+from infini_jax.training import optim
 
 PEAK = 1e-2
 
@@ -99,14 +100,14 @@ def test_biases_get_no_weight_decay():
 
 
 def model_params(**model):
-  from infini_jax import step
+  from infini_jax.training import step
   from infini_jax.model import ModelConfig
   return step.abstract_model(ModelConfig(**model))[1]
 
 
 def test_default_masks_on_the_real_models_parameters():
   params = model_params(qkv_bias=True)
-  names = [optim.path_name(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+  names = [trees.path_name(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
   exempt = {n for n, decay in zip(names, jax.tree.leaves(
       optim.decay_mask(params, optim.OptimizerConfig().no_decay_patterns))) if not decay}
   assert exempt == {"blocks/attn/b_q", "blocks/attn/b_k", "blocks/attn/b_v", "blocks/attn/beta",
@@ -139,7 +140,8 @@ def test_a_pattern_that_matches_nothing_is_an_error(key, value, pattern):
 
 
 def test_train_checks_the_patterns_before_compiling(tmp_path):
-  from infini_jax import inputs, train
+  from infini_jax import inputs
+  from infini_jax.training import trainer as train
   from infini_jax.model import ModelConfig
   from infini_jax.run import RunConfig
   data = inputs.SyntheticData(batch_size=2, seq_len=32, segment_len=16)

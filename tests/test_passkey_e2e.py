@@ -10,7 +10,10 @@ it never saw. One-digit keys: a model that ignores the first segment scores 1/9 
 import jax
 import numpy as np
 
-from infini_jax import checkpoint, eval_passkey, optim, sharding, step
+from infini_jax import checkpoint, sharding
+from infini_jax.commands import eval_passkey
+from infini_jax.evals import passkey as passkey_eval
+from infini_jax.training import optim, step
 from infini_jax.data import passkey
 from infini_jax.data.vocab import get_vocabulary
 from infini_jax.model import ModelConfig
@@ -27,7 +30,7 @@ def batch(vocab, index: int) -> dict:
   """Training prompts of 2 segments with a 1-digit key at the start (train seeds only)."""
   rows = []
   for i in range(BATCH):
-    ex = eval_passkey.prompt(vocab, 2 * SEG, "start", 1,
+    ex = passkey_eval.prompt(vocab, 2 * SEG, "start", 1,
                              passkey.example_seed("train", index * BATCH + i))
     seq = np.concatenate([ex["tokens"], ex["answer"]])
     mask = np.zeros(2 * SEG, np.float32)

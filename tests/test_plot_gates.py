@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from infini_jax import checkpoint, cli
+from infini_jax import checkpoint
+from infini_jax.commands import gin_flags
 from infini_jax.model import InfiniTransformer, ModelConfig
 
 import script_modules
@@ -47,5 +48,5 @@ def test_heat_map_and_curves_from_a_run(tmp_path):
 
 
 def test_a_model_without_memory_has_no_gates(tmp_path):
-  with pytest.raises(cli.ConfigError, match='memory="none": it has no gates'):
+  with pytest.raises(gin_flags.ConfigError, match='memory="none": it has no gates'):
     plot_gates.main(GIN + ["--gin.ModelConfig.memory='none'", f"--checkpoint={tmp_path}"])

@@ -18,7 +18,8 @@ SCRIPT = r"""
 import json, re
 import jax, jax.numpy as jnp, numpy as np, optax
 from flax import nnx
-from infini_jax import sharding, step
+from infini_jax import sharding
+from infini_jax.training import step
 from infini_jax.model import InfiniTransformer, ModelConfig
 
 cfg = ModelConfig(vocab_size=64, num_layers=2, d_model=32, num_heads=4, num_kv_heads=2,

@@ -9,7 +9,8 @@ import optax
 import pytest
 from flax import nnx
 
-from infini_jax import optim, sharding, step
+from infini_jax.training import optim, step
+from infini_jax import sharding
 from infini_jax.model import ModelConfig
 
 CFG = ModelConfig(vocab_size=64, num_layers=2, d_model=32, num_heads=4, num_kv_heads=2,

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from infini_jax import sweep
-from infini_jax.cli import ConfigError
+from infini_jax.commands.sweep import main as sweep, plan as sweep_plan, summary
+from infini_jax.commands.gin_flags import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = os.path.join(ROOT, "tests", "configs", "smoke.gin")
@@ -43,19 +43,19 @@ def status(run_dir):
 # Plans (no training)
 
 def test_grid_plan_order_and_names(tmp_path):
-  spec = sweep.read_sweep_file(write(tmp_path / "s.gin", """
+  spec = sweep_plan.read_sweep_file(write(tmp_path / "s.gin", """
       # comments and multi-line lists, as in any gin file
       sweep.LEARNING_RATE = [1e-3,
                              3e-3]
       sweep.WARMUP_STEPS = [10, 30]
       eval/sweep.OptimizerConfig.gate_lr_multiplier = [10.0]
       """.replace("\n      ", "\n")))
-  runs = sweep.plan(spec)
+  runs = sweep_plan.plan(spec)
   assert [r.name for r in runs] == ["lr1e-3_warmup10_gate-lr10", "lr1e-3_warmup30_gate-lr10",
                                     "lr3e-3_warmup10_gate-lr10", "lr3e-3_warmup30_gate-lr10"]
   assert runs[1].bindings == {"LEARNING_RATE": 1e-3, "WARMUP_STEPS": 30,
                               "eval/OptimizerConfig.gate_lr_multiplier": 10.0}
-  assert sweep.gin_flags({"ModelConfig.memory": "none", "X": [1, (2,)]}) == [
+  assert sweep_plan.binding_flags({"ModelConfig.memory": "none", "X": [1, (2,)]}) == [
       '--gin.ModelConfig.memory="none"', "--gin.X=[1, (2,)]"]
 
 
@@ -68,7 +68,7 @@ sweep.WARMUP_STEPS = randint(0, 50)
 sweep.ModelConfig.update_rule = ["linear", "delta"]
 sweep.ModelConfig.gate_init = uniform(-3, 3)
 """
-  plans = [sweep.plan(sweep.read_sweep_file(write(tmp_path / f"{i}.gin", text.format(seed=seed))))
+  plans = [sweep_plan.plan(sweep_plan.read_sweep_file(write(tmp_path / f"{i}.gin", text.format(seed=seed))))
            for i, seed in enumerate([7, 7, 8])]
   assert plans[0] == plans[1]
   assert plans[0] != plans[2]
@@ -90,7 +90,7 @@ sweep.ModelConfig.gate_init = uniform(-3, 3)
 ])
 def test_bad_sweep_files_are_refused(tmp_path, text, message):
   with pytest.raises(ConfigError, match=message):
-    sweep.read_sweep_file(write(tmp_path / "s.gin", text))
+    sweep_plan.read_sweep_file(write(tmp_path / "s.gin", text))
 
 
 @pytest.mark.parametrize("third, message", [
@@ -116,7 +116,7 @@ def test_a_bad_third_run_stops_the_sweep_before_anything_runs(tmp_path, third, m
 def test_shipped_sweeps_check_out(sweep_file, base):
   if not os.path.exists(os.path.join(ROOT, "configs", base)):
     pytest.skip(f"configs/{base} is not there")
-  runs = sweep.plan(sweep.read_sweep_file(os.path.join(ROOT, "configs", "sweeps", sweep_file)))
+  runs = sweep_plan.plan(sweep_plan.read_sweep_file(os.path.join(ROOT, "configs", "sweeps", sweep_file)))
   _, steps = sweep.validate(runs, [os.path.join(ROOT, "configs", base)], [], [], "/tmp/unused")
   assert len(runs) in (6, 9) and len(set(r.name for r in runs)) == len(runs) and all(steps)
 
@@ -217,7 +217,7 @@ def test_grid_interrupted_after_two_runs_resumes_with_the_other_two(tmp_path):
           f"--gin.WARMUP_STEPS={best['WARMUP_STEPS']}") in second.stdout
 
   os.remove(os.path.join(sw, "results.csv"))   # --summarize rebuilds it, sorted as asked
-  again = sweep.sweep_summary.summarize(sw, "train_loss")
+  again = summary.summarize(sw, "train_loss")
   assert [r["name"] for r in again] == sorted(table, key=lambda n: float(table[n]["train_loss"]))
   print(f"sweep of 2 runs: {t1 - t0:.0f} s, then the other 2: {t2 - t1:.0f} s")
 

@@ -70,8 +70,8 @@ def test_folders_named_like_config_folders_in_the_working_directory(tmp_path):
 def test_every_shipped_config_parses_and_builds_at_full_size():
   import gin
   import jax
-  from infini_jax import cli
-  from infini_jax.step import abstract_model
+  from infini_jax.commands import gin_flags
+  from infini_jax.training.step import abstract_model
   llama1b = 1_235_814_400 + 16 * 32      # Llama-3.2-1B + one gate per head and layer
   llama8b = 8_030_261_248 + 32 * 32      # Llama-3-8B + gates
   expected = {"1b.gin": llama1b, "8b.gin": llama8b, "continual/llama3_2_1b.gin": llama1b,
@@ -81,8 +81,8 @@ def test_every_shipped_config_parses_and_builds_at_full_size():
   assert set(expected) <= set(shipped) and len(shipped) >= 8, shipped
   for name in shipped:
     want = expected.get(name)
-    cli.parse([os.path.join(ROOT, "configs", name)], [], [])
-    config = cli.run_config()   # every shipped config builds and type-checks
+    gin_flags.parse([os.path.join(ROOT, "configs", name)], [], [])
+    config = gin_flags.run_config()   # every shipped config builds and type-checks
     graphdef, abstract = abstract_model(config.model)
     count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract))
     assert config.data.seq_len % config.model.segment_len == 0, name
@@ -93,8 +93,8 @@ def test_every_shipped_config_parses_and_builds_at_full_size():
       assert (config.model.rope_scaling is None) == ("8b" in name), name
     if name.endswith("_dilute.gin"):   # stage 2 continues its own stage 1's model
       stage1 = name.replace("_dilute", "")
-      cli.parse([os.path.join(ROOT, "configs", stage1)], [], [])
-      first = cli.run_config()
+      gin_flags.parse([os.path.join(ROOT, "configs", stage1)], [], [])
+      first = gin_flags.run_config()
       assert config.init_from == first.model_dir + "/checkpoints", name
       assert config.model == first.model and config.data.passkey_dilution > 1, name
   gin.clear_config()
@@ -221,7 +221,8 @@ def test_continual_pretraining_holds_one_optimizer_state_at_the_peak(tmp_path):
   import dataclasses
   import jax
   from flax import nnx
-  from infini_jax import checkpoint, optim, sharding, step, train
+  from infini_jax import checkpoint, sharding
+  from infini_jax.training import optim, step, trainer as train
   from infini_jax.model import InfiniTransformer, ModelConfig
   cfg = ModelConfig(vocab_size=384, num_layers=2, d_model=32, num_heads=4, num_kv_heads=2,
                     mlp_dim=64, segment_len=16)
@@ -265,7 +266,8 @@ def test_continual_pretraining_holds_one_optimizer_state_at_the_peak(tmp_path):
 def test_gate_multiplier_moves_gates_when_weights_barely_move(tmp_path):
   import jax
   from flax import nnx
-  from infini_jax import checkpoint, inputs, optim, train
+  from infini_jax import checkpoint, inputs
+  from infini_jax.training import optim, trainer as train
   from infini_jax.model import InfiniTransformer, ModelConfig
   from infini_jax.run import RunConfig
   model = ModelConfig(vocab_size=384, num_layers=2, d_model=32, num_heads=4, num_kv_heads=2,

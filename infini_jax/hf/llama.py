@@ -36,6 +36,7 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
+from infini_jax import trees
 from infini_jax.model.config import ROPE_SCALING_KEYS, ModelConfig
 
 
@@ -369,7 +370,7 @@ def abstract_params(cfg: ModelConfig, mesh=None, rules=None) -> dict:
   their logical axes and ``rules`` (default rules), or on the first local device without a mesh."""
   from flax import nnx
   from infini_jax import sharding
-  from infini_jax.step import abstract_model
+  from infini_jax.training.step import abstract_model
   _, abstract = abstract_model(cfg)
   pure = nnx.to_pure_dict(abstract)
   if mesh is None:
@@ -379,23 +380,6 @@ def abstract_params(cfg: ModelConfig, mesh=None, rules=None) -> dict:
     shardings = sharding.param_shardings(abstract, mesh, rules)
   return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                       pure, shardings)
-
-
-def _flat(tree: dict, prefix=()) -> dict:
-  out = {}
-  for k, v in tree.items():
-    out.update(_flat(v, prefix + (k,)) if isinstance(v, dict) else {prefix + (k,): v})
-  return out
-
-
-def _nest(flat: dict) -> dict:
-  out = {}
-  for path, v in flat.items():
-    node = out
-    for k in path[:-1]:
-      node = node.setdefault(k, {})
-    node[path[-1]] = v
-  return out
 
 
 def load_hf_params(hf_dir, cfg: ModelConfig | None = None, target: dict | None = None, *,
@@ -434,7 +418,7 @@ def load_hf_params(hf_dir, cfg: ModelConfig | None = None, target: dict | None =
         f"SEGMENT_LEN in a gin file)")
   if target is None:
     target = abstract_params(cfg, mesh, rules)
-  flat_target = _flat(target)
+  flat_target = trees.flatten(target)
   table = _table(cfg)
   if set(flat_target) != {t.path for t in table}:
     raise ValueError(f"target parameters {sorted(map('/'.join, flat_target))} do not match "
@@ -451,7 +435,7 @@ def load_hf_params(hf_dir, cfg: ModelConfig | None = None, target: dict | None =
       params[t.path] = jax.make_array_from_callback(
           x.shape, x.sharding, _shard_reader(t, cfg, files, x.shape, np.dtype(x.dtype)))
   report = {"missing": [], "extra": extra, "initialised": initialised, "directory": where}
-  return _nest(params), report
+  return trees.nest(params), report
 
 
 def _shard_reader(t: _Tensor, cfg: ModelConfig, files: _SafetensorsDir, shape, dtype):
@@ -516,7 +500,7 @@ def export_hf(params: dict, cfg: ModelConfig, out_dir) -> None:
   Every process must call it (sharded arrays are gathered); process 0 writes.
   """
   from safetensors.numpy import save_file
-  flat = _flat(params)
+  flat = trees.flatten(params)
   tensors = {}
   for t in _table(cfg):
     x = _host_array(flat[t.path]).astype(np.float32)

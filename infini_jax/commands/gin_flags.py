@@ -1,4 +1,4 @@
-"""The gin command line shared by train, eval and the other entry points (T5X conventions).
+"""The gin command line shared by every entry point (T5X conventions).
 
 ``--gin_file=F`` (repeatable), ``--gin_search_paths=A,B``, ``--gin.BINDING=VALUE`` (repeatable;
 ``--gin.TRAIN_STEPS=100`` overrides a macro, ``--gin.train.steps=100`` a parameter). Library code
@@ -8,7 +8,7 @@ Errors stop the run before anything starts, naming the flag: a missing file, gin
 an unknown configurable or parameter, and, which gin does not catch, an override of a macro that no
 gin file defines (a misspelt ``--gin.TRAIN_STEP=`` would otherwise be silently ignored).
 
-These are :class:`ConfigError`, a ``UserError``: ``command.run`` prints them as one ``error:``
+These are :class:`ConfigError`, a ``UserError``: ``entry.run`` prints them as one ``error:``
 line.
 """
 
@@ -44,7 +44,8 @@ def register() -> None:
                                  if r[0] is not resource_reader.system_path_reader]
   # A run's config.gin in a bucket (what evaluation reads back when given only the run).
   gin.config.register_file_reader(paths.open, lambda p: paths.is_bucket(p) and paths.isfile(p))
-  from infini_jax import inputs, optim, sharding
+  from infini_jax import inputs, sharding
+  from infini_jax.training import optim
   from infini_jax.data.config import DataConfig
   from infini_jax.model import ModelConfig
   from infini_jax.run import RunConfig
@@ -164,7 +165,8 @@ def _did_you_mean(name: str, choices) -> str:
 
 def _configs_dir() -> str:
   """The repository's configs/ folder, so ``--gin_file=tiny.gin`` also finds shipped configs."""
-  return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+  from infini_jax.commands import REPO_ROOT
+  return os.path.join(REPO_ROOT, "configs")
 
 
 def run_config():
@@ -183,12 +185,6 @@ def bindings_of(name: str) -> dict:
   return gin.get_bindings(name)
 
 
-def _write_config(model_dir: str, text: str) -> None:
-  import jax
-  if jax.process_index() == 0:
-    paths.write_text(os.path.join(model_dir, "config.gin"), text)
-
-
 # Warnings that orbax and tensorflow-datasets log on every normal run (a read-only restore, our
 # own corpus builder's config), about nothing a user could change.
 _ROUTINE_WARNINGS = re.compile(r"read_only=True, setting save_interval_steps|Given directory is "
@@ -204,34 +200,16 @@ def setup_logging() -> None:
     absl.addFilter(lambda record: not _ROUTINE_WARNINGS.search(record.getMessage()))
 
 
-def run(entry: str, argv=None) -> None:
-  """Entry point of ``python -m infini_jax.<entry>``: parse flags and gin, then run."""
-  argv = sys.argv[1:] if argv is None else argv
-  files, paths, bindings, rest = split_flags(argv)
+def parse_command_line(argv) -> None:
+  """Parses a command line of gin flags only (``--gin_file``, ``--gin_search_paths``,
+  ``--gin.NAME=VALUE``), sets up logging and JAX's processes: what train and eval start with."""
+  files, search_paths, bindings, rest = split_flags(sys.argv[1:] if argv is None else argv)
   if rest:
     raise ConfigError(f"unknown arguments {rest}; use --gin_file=, --gin_search_paths=, "
                       f"--gin.NAME=VALUE and --verbose")
   if not files:
     raise ConfigError("no --gin_file given; e.g. --gin_file=configs/tiny.gin")
   setup_logging()
-  parse(files, paths, bindings)
+  parse(files, search_paths, bindings)
   from infini_jax import distributed
   distributed.initialize()   # before anything touches a JAX backend
-  if entry == "train":
-    config = run_config()
-    if not config.model_dir:
-      raise ConfigError("train.model_dir is not set; pass --gin.MODEL_DIR=/path/to/run")
-    # The full config is written first, so a failed run still has it; gin's operative config
-    # (what was actually used) replaces it once train() has run.
-    _write_config(config.model_dir, gin.config_str())
-    from infini_jax import train
-    try:
-      result = train.train(config)
-    finally:
-      _write_config(config.model_dir, gin.operative_config_str())
-    logging.getLogger("infini_jax").info("done: %s", result)
-  elif entry == "eval":
-    import infini_jax.eval as eval_lib
-    eval_lib.evaluate_checkpoint(run_config())
-  else:
-    raise ValueError(f"unknown entry point {entry!r}")

@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from infini_jax import trees
 from infini_jax.errors import UserError
 
 log = logging.getLogger("infini_jax")
@@ -38,7 +39,7 @@ _SHOWN = 16   # parameter names an error lists (every one of our models' at most
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:
-  """What the optimizer does; gin binds it as ``OptimizerConfig`` (see cli.py).
+  """What the optimizer does; gin binds it as ``OptimizerConfig`` (see commands/gin_flags.py).
 
   Attributes:
     name: "adamw" or "adafactor" (optax's Adafactor: factored second moments with decay rate 0.8,
@@ -155,7 +156,7 @@ def make_optimizer(cfg: OptimizerConfig, params=None) -> optax.GradientTransform
 def gate_mask(params, pattern: str):
   """A pytree of bools like ``params``: True where the leaf's path matches ``pattern``."""
   regex = re.compile(pattern)
-  return jax.tree_util.tree_map_with_path(lambda path, _: bool(regex.search(path_name(path))),
+  return jax.tree_util.tree_map_with_path(lambda path, _: bool(regex.search(trees.path_name(path))),
                                           params)
 
 
@@ -163,31 +164,14 @@ def decay_mask(params, patterns):
   """A pytree of bools like ``params``: True (decay) where the path matches none of ``patterns``."""
   regexes = [re.compile(p) for p in patterns]
   return jax.tree_util.tree_map_with_path(
-      lambda path, _: not any(r.search(path_name(path)) for r in regexes), params)
-
-
-def path_name(path) -> str:
-  """'blocks/attn/beta' for a jax key path (an nnx Variable's trailing ``.value`` dropped)."""
-  names = []
-  for key in path:
-    if isinstance(key, jax.tree_util.DictKey):
-      names.append(str(key.key))
-    elif isinstance(key, jax.tree_util.SequenceKey):
-      names.append(str(key.idx))
-    elif isinstance(key, jax.tree_util.GetAttrKey):
-      names.append(key.name)
-    else:   # FlattenedIndexKey and others
-      names.append(str(getattr(key, "key", key)))
-  if len(path) > 1 and isinstance(path[-1], jax.tree_util.GetAttrKey) and names[-1] == "value":
-    names.pop()
-  return "/".join(names)
+      lambda path, _: not any(r.search(trees.path_name(path)) for r in regexes), params)
 
 
 def check_patterns(cfg: OptimizerConfig, params) -> None:
   """Raises ValueError when ``gate_pattern`` or a ``no_decay_patterns`` entry set by the user
   matches no leaf of ``params`` (a pytree, abstract or not), naming the pattern, the parameters
   and the gin key; then logs which leaves are gates and which get no weight decay."""
-  names = [path_name(path) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+  names = [trees.path_name(path) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
   matches = lambda pattern: [n for n in names if re.search(pattern, n)]
   checked = [("gate_pattern", cfg.gate_pattern, (DEFAULT_GATE_PATTERN,), "correct it")] + [
       ("no_decay_patterns", p, DEFAULT_NO_DECAY_PATTERNS, "correct or remove it")

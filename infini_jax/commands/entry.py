@@ -1,7 +1,7 @@
 """How every entry point runs: a user error is one line, the backends start quietly.
 
     if __name__ == "__main__":
-      command.run(main)
+      entry.run(main)
 
 A :class:`~infini_jax.errors.UserError` (a bad flag, a config value its config rejects, a missing
 or unreadable input) is printed as one ``error: ...`` line on stderr and the exit status is 2, as

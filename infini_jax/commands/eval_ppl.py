@@ -1,0 +1,82 @@
+"""Held-out perplexity by position in the document: ``python -m infini_jax.eval_ppl``.
+
+    python -m infini_jax.eval_ppl --gin_file=configs/passkey_tiny.gin \\
+        --baseline_gin_file=configs/passkey_tiny_none.gin
+
+The validation split of the run's corpus (for a "<corpus>_passkey" mixture, the corpus alone) is
+cut into windows of ``--segments`` segments, each read from an empty memory, and the loss is summed
+per segment (``step.loss_sums``). Buckets: the first segment (local attention only, for every
+model), segments 2-4, 5-16 and 17+ (where a memory can help most). With a baseline, both models
+read the same windows and are printed side by side.
+
+Own flags (the rest are gin flags, as for the trainer):
+  --checkpoint=DIR            a run directory, its checkpoints/ or one step (default MODEL_DIR's)
+  --segments=N                segments per window (default 32)
+  --batch_size=N              windows per batch (default the run's batch size)
+  --batches=N                 at most N batches (default: the whole split)
+  --baseline_checkpoint=DIR   a second model, e.g. the memory="none" run; its config is
+  --baseline_gin_file=F, --baseline_gin.NAME=VALUE   its own gin flags (default: the run's
+                              config.gin next to --baseline_checkpoint, else the main gin files);
+                              only its model and checkpoint are used, the data are the main run's
+  --out=DIR                   where ppl.json goes (default RUN_DIR/eval, next to checkpoints/)
+"""
+
+import json
+import os
+import sys
+
+from infini_jax import paths
+from infini_jax.commands import gin_flags, runs
+from infini_jax.evals import ppl
+
+FLAGS = ("checkpoint", "segments", "batch_size", "batches", "baseline_checkpoint",
+         "baseline_gin_file", "out")
+
+
+def _baseline(argv, own, main_files):
+  """(model, checkpoint dir, step) of the baseline, or None without --baseline_* flags."""
+  gin_argv = [f"--gin.{a[len('--baseline_gin.'):]}" for a in argv
+              if a.startswith("--baseline_gin.")]
+  gin_argv += [f"--gin_file={f}" for f in own.get("baseline_gin_file", [])]
+  checkpoint = runs.last(own, "baseline_checkpoint")
+  if not gin_argv and checkpoint is None:
+    return None
+  files = gin_flags.split_flags(gin_argv)[0]
+  if not files and (checkpoint is None or runs.run_config(checkpoint) is None):
+    gin_argv += [f"--gin_file={f}" for f in main_files]
+  return runs.load(gin_argv, checkpoint)
+
+
+def main(argv=None) -> dict:
+  argv = sys.argv[1:] if argv is None else argv
+  own, rest = runs.split_own_flags(argv, FLAGS)
+  counts = {name: runs.parse_count(own[name][-1], f"--{name}") if name in own else default
+            for name, default in (("segments", 32), ("batch_size", None), ("batches", None))}
+  gin_flags.setup_logging()
+  rest_main = [a for a in rest if not a.startswith("--baseline_gin.")]
+  loaded = runs.load(rest_main, runs.last(own, "checkpoint"))
+  main_files = gin_flags.split_flags(rest_main)[0] or [runs.run_config(loaded.checkpoint)]
+  data_cfg = ppl.held_out_data(loaded.config.data, counts["segments"], counts["batch_size"])
+  out = runs.last(own, "out") or runs.default_out(loaded.checkpoint)
+  models = [loaded]
+  baseline = _baseline(rest, own, main_files)
+  if baseline is not None:
+    if baseline.model.cfg.segment_len != loaded.model.cfg.segment_len:
+      raise gin_flags.ConfigError(f"the baseline's segment_len {baseline.model.cfg.segment_len} differs "
+                            f"from {loaded.model.cfg.segment_len}: the buckets would not compare")
+    models.append(baseline)
+  vocab_size = max(r.model.cfg.vocab_size for r in models)
+  totals, batches = ppl.per_segment_sums(models, data_cfg, vocab_size, counts["batches"])
+  results = [dict(name=ppl.model_name(r.model, r.step), checkpoint=r.checkpoint, step=r.step,
+                  memory=r.model.cfg.memory, update_rule=r.model.cfg.update_rule,
+                  nll_per_segment=t["nll"].tolist(), tokens_per_segment=t["weight"].tolist(),
+                  buckets=ppl.buckets(t["nll"], t["weight"]))
+             for r, t in zip(models, totals)]
+  report = dict(task=data_cfg.task, split="validation", segments=data_cfg.segments,
+                segment_len=data_cfg.segment_len, batches=batches, models=results)
+  paths.write_text(os.path.join(out, "ppl.json"), json.dumps(report, indent=1))
+  print(f"held-out perplexity per token by segment of the window ({data_cfg.task} validation, "
+        f"{batches} batches of {data_cfg.batch_size} x {data_cfg.segments} segments of "
+        f"{data_cfg.segment_len} tokens)\n{ppl.table(results)}", flush=True)
+  print(f"wrote {os.path.join(out, 'ppl.json')}", flush=True)
+  return report

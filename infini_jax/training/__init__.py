@@ -1,0 +1,1 @@
+"""Training: the step functions, optimizer, divergence guard, progress reporting and the loop."""
