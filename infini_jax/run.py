@@ -131,14 +131,20 @@ def check_kinds(config) -> None:
   """Raises UserError for a field of ``config`` (a dataclass), or of a config in one of its
   fields, whose value does not have the annotated type (``train.steps='10'``, a float for an
   int, a string for ``ModelConfig.d_model``)."""
-  hints = typing.get_type_hints(type(config))
-  prefix = "train" if isinstance(config, RunConfig) else type(config).__name__
+  check_fields(type(config), {f.name: getattr(config, f.name) for f in dataclasses.fields(config)})
   for field in dataclasses.fields(config):
     value = getattr(config, field.name)
-    if field.name in hints and not _matches(value, hints[field.name]):
-      raise UserError(_kind_message(f"{prefix}.{field.name}", value, hints[field.name]))
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
       check_kinds(value)
+
+
+def check_fields(cls, values: dict) -> None:
+  """``check_kinds`` for field values of the dataclass ``cls`` given as a dict (gin bindings)."""
+  hints = typing.get_type_hints(cls)
+  prefix = "train" if issubclass(cls, RunConfig) else cls.__name__
+  for name, value in values.items():
+    if name in hints and not _matches(value, hints[name]):
+      raise UserError(_kind_message(f"{prefix}.{name}", value, hints[name]))
 
 
 def _kind_message(where: str, value, hint) -> str:

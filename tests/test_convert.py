@@ -236,6 +236,11 @@ def test_gin_bindings_alone_override_config_json_and_the_recipe(llama_dir, tmp_p
                                        "num_hidden_layers=2"):
     convert.main([f"--from_hf={llama_dir[0]}", f"--out={tmp_path / 'bad'}",
                   "--gin.ModelConfig.num_layers=3"])
+  # gin does no type checks; the command does, before reading any weight.
+  with pytest.raises(UserError, match=r"^ModelConfig.gate_init='high' is a str; expected float; "
+                                       r"fix the binding --gin.ModelConfig.gate_init$"):
+    convert.main([f"--from_hf={llama_dir[0]}", f"--out={tmp_path / 'bad'}",
+                  "--gin.ModelConfig.gate_init='high'"])
 
 
 def test_llama3_rope_scaling_missing_a_key_is_named():

@@ -31,6 +31,7 @@ from infini_jax.errors import UserError
 from infini_jax.hf import convert
 from infini_jax.hf.llama import INFINI_FIELDS, config_from_hf, gin_bindings, read_hf_config
 from infini_jax.model import ModelConfig
+from infini_jax.run import check_fields
 
 log = logging.getLogger("infini_jax.convert")
 
@@ -61,6 +62,7 @@ def _main(argv) -> None:
   if files or bindings:
     gin_flags.parse(files, paths, bindings)
     overrides = gin_flags.bindings_of("ModelConfig")
+    check_fields(ModelConfig, overrides)   # gin does no type checks
   parser = argparse.ArgumentParser(prog="python -m infini_jax.convert", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--from_hf", help="Hugging Face model directory to read")
