@@ -251,22 +251,15 @@ def _generate_step(graphdef, params, state, logits, done, key, temperature, top_
   return token, now_done, next_logits, state
 
 
-def generate(model: InfiniTransformer, prompts, max_new_tokens: int, *, lengths=None,
-             temperature: float = 0.0, top_p: float = 1.0, stop_token: int | None = None,
-             pad_token: int = 0, rng: jax.Array | None = None,
-             return_logits: bool = False) -> Generation:
-  """Continues a batch of prompts by up to ``max_new_tokens`` tokens each.
+def stream(model: InfiniTransformer, prompts, max_new_tokens: int, *, lengths=None,
+           temperature: float = 0.0, top_p: float = 1.0, stop_token: int | None = None,
+           pad_token: int = 0, rng: jax.Array | None = None):
+  """Continues a batch of prompts token by token: yields each step's (tokens, logits) as drawn.
 
-  Args:
-    model: the transformer.
-    prompts: ``[batch, length]`` int ids right-padded to ``lengths``, or a list of 1-D sequences.
-    max_new_tokens: tokens to generate per sequence.
-    lengths: ``[batch]`` prompt lengths for an array of prompts (default: all full).
-    temperature: 0 for greedy decoding, else the softmax temperature.
-    top_p: nucleus sampling mass in (0, 1]; 1 disables it.
-    stop_token: a sequence stops after producing it; its later tokens are ``pad_token``.
-    rng: a ``jax.random.key``, required when ``temperature > 0``; step t uses ``fold_in(rng, t)``.
-    return_logits: also return the logits each token was drawn from.
+  The arguments are :func:`generate`'s. Yields, for each of at most ``max_new_tokens`` steps,
+  ``tokens [batch]`` (``pad_token`` for a sequence that already stopped) and the float32
+  ``logits [batch, vocab]`` they were drawn from; stops early once every sequence has produced
+  ``stop_token``. The prompts are read (and the arguments checked) at the first ``next``.
   """
   if temperature < 0:
     raise ValueError(f"temperature={temperature} must be >= 0 (0 is greedy)")
@@ -286,24 +279,46 @@ def generate(model: InfiniTransformer, prompts, max_new_tokens: int, *, lengths=
     prompts = padded
   state, logits = prefill(model, prompts, lengths)
   graphdef, params = nnx.split(model)
-  batch = logits.shape[0]
-  done = jnp.zeros((batch,), bool)
-  generated = jnp.zeros((batch,), jnp.int32)
-  tokens, all_logits = [], []
+  done = jnp.zeros((logits.shape[0],), bool)
   for t in range(max_new_tokens):
     if stop_token is not None and bool(done.all()):
-      break
+      return
     key = None if temperature == 0 else jax.random.fold_in(rng, t)
-    generated = generated + (~done)
-    if return_logits:
-      all_logits.append(logits)
+    drawn_from = logits
     token, done, logits, state = _generate_step(graphdef, params, state, logits, done, key,
                                                 float(temperature), float(top_p), stop_token,
                                                 pad_token)
-    tokens.append(token)
+    yield token, drawn_from
+
+
+def generate(model: InfiniTransformer, prompts, max_new_tokens: int, *, lengths=None,
+             temperature: float = 0.0, top_p: float = 1.0, stop_token: int | None = None,
+             pad_token: int = 0, rng: jax.Array | None = None,
+             return_logits: bool = False) -> Generation:
+  """Continues a batch of prompts by up to ``max_new_tokens`` tokens each.
+
+  Args:
+    model: the transformer.
+    prompts: ``[batch, length]`` int ids right-padded to ``lengths``, or a list of 1-D sequences.
+    max_new_tokens: tokens to generate per sequence.
+    lengths: ``[batch]`` prompt lengths for an array of prompts (default: all full).
+    temperature: 0 for greedy decoding, else the softmax temperature.
+    top_p: nucleus sampling mass in (0, 1]; 1 disables it.
+    stop_token: a sequence stops after producing it; its later tokens are ``pad_token``.
+    rng: a ``jax.random.key``, required when ``temperature > 0``; step t uses ``fold_in(rng, t)``.
+    return_logits: also return the logits each token was drawn from.
+  """
+  steps = list(stream(model, prompts, max_new_tokens, lengths=lengths, temperature=temperature,
+                      top_p=top_p, stop_token=stop_token, pad_token=pad_token, rng=rng))
+  tokens, logits = (list(column) for column in zip(*steps))
+  batch = tokens[0].shape[0]
   missing = max_new_tokens - len(tokens)
   out = jnp.stack(tokens + [jnp.full((batch,), pad_token, jnp.int32)] * missing, axis=1)
+  generated = jnp.full((batch,), max_new_tokens, jnp.int32)
+  if stop_token is not None:   # each sequence's tokens up to its stop token
+    stopped = out == stop_token
+    generated = jnp.where(stopped.any(axis=1), jnp.argmax(stopped, axis=1) + 1, generated)
   if return_logits:
-    all_logits += [jnp.zeros_like(logits)] * missing
-    return Generation(out, generated, jnp.stack(all_logits, axis=1))
-  return Generation(out, generated, None)
+    logits += [jnp.zeros_like(logits[0])] * missing
+    return Generation(out, generated.astype(jnp.int32), jnp.stack(logits, axis=1))
+  return Generation(out, generated.astype(jnp.int32), None)
