@@ -22,6 +22,7 @@ at a time; nothing else goes to stdout, so it can be piped. The prompt is encode
 vocabulary (``DataConfig.vocabulary``) and read through ``decode.prefill`` in one call.
 """
 
+import logging
 import math
 import sys
 
@@ -104,6 +105,10 @@ def main(argv=None, stdin=None, stdout=None) -> list:
   # Our own flags first: a bad one stops before the model is restored.
   sampling = settings(own)
   text = read_prompt(own, stdin)
+  # stdout carries the text alone: log to stderr; cli.setup_logging's basicConfig then does
+  # nothing and it only keeps absl's routine warnings (a read-only restore) off the terminal.
+  logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+  cli.setup_logging()
   loaded = evaluation.load(rest, evaluation.last(own, "checkpoint"))
   vocab = evaluation.encoder(loaded.bound["data"])
   prompt = list(vocab.encode(text))
