@@ -1,11 +1,13 @@
 """Streaming generation: prefill a prompt of any length segment by segment, then decode token by token.
 
 What generation carries is what the segment scan carries (every layer's compressive memory) plus a
-KV cache of the current, incomplete segment. Inside a segment a new token attends to the cache
-(causal, RoPE at its place in the segment) and reads the memory; when the segment is complete its
-un-rotated keys and values are folded into the memory exactly once, with the model's update rule,
-and the cache starts over. So the state, and the work per token, do not depend on how long the
-prompt or the generation is, and the logits equal those of one forward pass over the same tokens.
+KV cache of the current, incomplete segment. Tokens go through the model's own layers
+(``InfiniTransformer.run_layers`` with a cache, the code training scans over segments): a new
+token attends to the cache (causal, RoPE at its place in the segment) and reads the memory; when
+the segment is complete its un-rotated keys and values are written into the memory exactly once,
+with the model's update rule, and the cache starts over. So the state, and the work per token, do
+not depend on how long the prompt or the generation is, and the logits equal those of one forward
+pass over the same tokens.
 
 Sequences in a batch may have different lengths: prompts are right-padded and carry their own
 ``lengths``; every sequence keeps its own place in its segment (``DecodeState.pos``), so segment
@@ -24,8 +26,8 @@ import numpy as np
 from flax import nnx
 
 from infini_jax import memory as mem
-from infini_jax.model.attention import local_attention
-from infini_jax.model.transformer import InfiniTransformer, stack_layers
+from infini_jax.model.attention import KVCache
+from infini_jax.model.transformer import InfiniTransformer, constrain_memory, stack_layers
 from infini_jax.sharding import constrain
 
 
@@ -71,83 +73,12 @@ def init_state(model: InfiniTransformer, batch: int) -> DecodeState:
 
 
 _CACHE_AXES = ("layers", "batch", "seq", "kv_heads", "head_dim")
-_MEMORY_AXES = mem.Memory(M=("layers", "batch", "kv_heads", "head_dim", None),
-                          z=("layers", "batch", "kv_heads", "head_dim"))
 
 
 def _constrain_state(state: DecodeState) -> DecodeState:
   """``state`` sharded by the logical names of its axes; a no-op without a mesh and rules."""
-  memory = state.memory
-  if memory is not None:
-    memory = mem.Memory(*map(constrain, memory, _MEMORY_AXES))
-  return DecodeState(memory, constrain(state.k, _CACHE_AXES), constrain(state.v, _CACHE_AXES),
-                     constrain(state.pos, ("batch",)))
-
-
-# ----------------------------------------------------------------------------- one layer
-
-
-def _cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, pos: jax.Array) -> jax.Array:
-  """Queries at positions ``pos + t`` of the segment against the cache, causally.
-
-  ``q [b, t, heads, d]`` (rotated), ``k, v [b, n, kv_heads, d]`` (k rotated), ``pos [b]`` ->
-  ``[b, t, heads, d]``; query head h uses key/value head ``h // group`` as in the model.
-  """
-  b, t, heads, d = q.shape
-  kv_heads = k.shape[2]
-  q = q.reshape(b, t, kv_heads, heads // kv_heads, d)
-  scores = jnp.einsum("btkgd,bnkd->bkgtn", q, k, preferred_element_type=jnp.float32)
-  scores = scores / jnp.sqrt(jnp.float32(d))
-  query_pos = pos[:, None] + jnp.arange(t)                                 # [b, t]
-  visible = jnp.arange(k.shape[1])[None, None, :] <= query_pos[:, :, None]  # [b, t, n]
-  weights = jax.nn.softmax(jnp.where(visible[:, None, None], scores, -jnp.inf), axis=-1)
-  out = jnp.einsum("bkgtn,bnkd->btkgd", weights.astype(v.dtype), v)
-  return out.reshape(b, t, heads, d)
-
-
-def _write(cache: jax.Array, new: jax.Array, pos: jax.Array) -> jax.Array:
-  """Each sequence's ``new [b, t, ...]`` into its ``cache [b, n, ...]`` at its own ``pos [b]``."""
-  return jax.vmap(lambda c, x, p: jax.lax.dynamic_update_slice_in_dim(c, x, p, axis=0))(
-      cache, new, pos)
-
-
-def _layer(block, x, memory, k_cache, v_cache, pos, whole_segment: bool):
-  """One block on ``x [b, t, d_model]``: the model's Block, with the local path on the cache.
-
-  ``whole_segment``: x is a segment from its first position (prefill): local attention inside x,
-  which becomes the cache. Otherwise x holds the tokens at ``pos`` of the current segment.
-  The memory is read, never written: folding is the caller's, once per complete segment.
-  Returns (x, (k, v) of the segment so far, un-rotated).
-  """
-  attn = block.attn
-  cfg = attn.cfg
-  y = block.attn_norm(x)
-  q, k, v = attn.project(y)
-  if whole_segment:
-    k_cache, v_cache = k, v
-    local = local_attention(attn.rotate(q), attn.rotate(k), v,
-                            cfg.attention_impl)
-  else:
-    k_cache, v_cache = _write(k_cache, k, pos), _write(v_cache, v, pos)
-    positions = pos[:, None] + jnp.arange(x.shape[1])
-    local = _cached_attention(attn.rotate(q, positions), attn.rotate(k_cache),
-                              v_cache, pos)
-  x = x + attn.output(local, q, memory)                            # un-rotated q, memory so far
-  x = x + block.mlp(block.mlp_norm(x))
-  return x, (k_cache, v_cache)
-
-
-def _run_layers(model: InfiniTransformer, x, state: DecodeState, whole_segment: bool):
-  """``x`` through the stacked blocks (a scan over layers) -> (x, k, v stacked over layers)."""
-  graphdef, blocks = nnx.split(model.blocks)
-
-  def layer(x, inputs):
-    block_state, layer_memory, k, v = inputs
-    return _layer(nnx.merge(graphdef, block_state), x, layer_memory, k, v, state.pos,
-                  whole_segment)
-
-  x, (k, v) = jax.lax.scan(layer, x, (blocks, state.memory, state.k, state.v))
-  return x, k, v
+  return DecodeState(constrain_memory(state.memory), constrain(state.k, _CACHE_AXES),
+                     constrain(state.v, _CACHE_AXES), constrain(state.pos, ("batch",)))
 
 
 def _select(mask: jax.Array, new, old):
@@ -160,13 +91,19 @@ def _select(mask: jax.Array, new, old):
   return jax.tree.map(pick, new, old)
 
 
-def _fold(model: InfiniTransformer, memory, k, v, complete: jax.Array):
-  """Writes the cached segment into the memory of the sequences whose segment is ``complete``."""
-  if memory is None:
-    return None
-  rule = model.cfg.update_rule
-  written = jax.vmap(lambda m, k, v: mem.update(m, k, v, rule))(memory, k, v)
-  return _select(complete, written, memory)
+def _run_layers(model: InfiniTransformer, tokens: jax.Array, state: DecodeState,
+                complete: jax.Array):
+  """``tokens [batch, t]`` at ``state.pos`` through the model's layers with the state's cache.
+
+  The segments that ``complete [batch]`` marks as completed by these tokens are written into the
+  memory. Returns (final hidden states ``[batch, t, d_model]``, memory, cache).
+  """
+  cfg = model.cfg
+  x = model.embed(tokens, cfg.compute_dtype)
+  write_weight = jnp.broadcast_to(complete[:, None], (tokens.shape[0], cfg.segment_len))
+  x, memory, cache = model.run_layers(x, state.memory, write_weight.astype(jnp.float32),
+                                      KVCache(state.k, state.v), state.pos)
+  return model.final_norm(x), memory, cache
 
 
 # ----------------------------------------------------------------------------- prefill, step
@@ -185,13 +122,11 @@ def _prefill(model: InfiniTransformer, state: DecodeState | None, tokens, length
     # Sliced here rather than reshaped up front so no copy of the prompt is made.
     segment = jax.lax.dynamic_slice_in_dim(tokens, i * n, n, axis=1)
     count = jnp.clip(lengths - i * n, 0, n)              # prompt tokens in this segment
-    x = model.embed(segment, cfg.compute_dtype)
-    x, k, v = _run_layers(model, x, state, whole_segment=True)
-    last = jnp.take_along_axis(x, jnp.maximum(count - 1, 0)[:, None, None], axis=1)
-    logits = model.logits(model.final_norm(last))[:, 0]
     complete = count == n
-    after = DecodeState(_fold(model, state.memory, k, v, complete), k, v,
-                        jnp.where(complete, 0, count).astype(jnp.int32))
+    h, memory, cache = _run_layers(model, segment, state, complete)
+    last = jnp.take_along_axis(h, jnp.maximum(count - 1, 0)[:, None, None], axis=1)
+    logits = model.logits(last)[:, 0]
+    after = DecodeState(memory, cache.k, cache.v, jnp.where(complete, 0, count).astype(jnp.int32))
     active = count > 0                                   # prompts that end earlier keep their state
     last_logits = jnp.where(active[:, None], logits, last_logits)
     return (i + 1, _select(active, after, state), last_logits), None
@@ -205,17 +140,12 @@ def _prefill(model: InfiniTransformer, state: DecodeState | None, tokens, length
 
 def _decode_step(model: InfiniTransformer, state: DecodeState, tokens):
   """See :func:`decode_step`."""
-  cfg = model.cfg
-  x = model.embed(tokens[:, None], cfg.compute_dtype)
-  x, k, v = _run_layers(model, x, state, whole_segment=False)
-  logits = model.logits(model.final_norm(x))[:, 0]
   pos = state.pos + 1
-  complete = pos == cfg.segment_len
-  memory = state.memory
-  if memory is not None:
-    memory = jax.lax.cond(jnp.any(complete), lambda: _fold(model, memory, k, v, complete),
-                          lambda: memory)
-  return logits, _constrain_state(DecodeState(memory, k, v, jnp.where(complete, 0, pos)))
+  complete = pos == model.cfg.segment_len
+  h, memory, cache = _run_layers(model, tokens[:, None], state, complete)
+  logits = model.logits(h)[:, 0]
+  return logits, _constrain_state(DecodeState(memory, cache.k, cache.v,
+                                              jnp.where(complete, 0, pos)))
 
 
 @jax.jit(static_argnums=0)
@@ -321,22 +251,15 @@ def _generate_step(graphdef, params, state, logits, done, key, temperature, top_
   return token, now_done, next_logits, state
 
 
-def generate(model: InfiniTransformer, prompts, max_new_tokens: int, *, lengths=None,
-             temperature: float = 0.0, top_p: float = 1.0, stop_token: int | None = None,
-             pad_token: int = 0, rng: jax.Array | None = None,
-             return_logits: bool = False) -> Generation:
-  """Continues a batch of prompts by up to ``max_new_tokens`` tokens each.
+def stream(model: InfiniTransformer, prompts, max_new_tokens: int, *, lengths=None,
+           temperature: float = 0.0, top_p: float = 1.0, stop_token: int | None = None,
+           pad_token: int = 0, rng: jax.Array | None = None):
+  """Continues a batch of prompts token by token: yields each step's (tokens, logits) as drawn.
 
-  Args:
-    model: the transformer.
-    prompts: ``[batch, length]`` int ids right-padded to ``lengths``, or a list of 1-D sequences.
-    max_new_tokens: tokens to generate per sequence.
-    lengths: ``[batch]`` prompt lengths for an array of prompts (default: all full).
-    temperature: 0 for greedy decoding, else the softmax temperature.
-    top_p: nucleus sampling mass in (0, 1]; 1 disables it.
-    stop_token: a sequence stops after producing it; its later tokens are ``pad_token``.
-    rng: a ``jax.random.key``, required when ``temperature > 0``; step t uses ``fold_in(rng, t)``.
-    return_logits: also return the logits each token was drawn from.
+  The arguments are :func:`generate`'s. Yields, for each of at most ``max_new_tokens`` steps,
+  ``tokens [batch]`` (``pad_token`` for a sequence that already stopped) and the float32
+  ``logits [batch, vocab]`` they were drawn from; stops early once every sequence has produced
+  ``stop_token``. The prompts are read (and the arguments checked) at the first ``next``.
   """
   if temperature < 0:
     raise ValueError(f"temperature={temperature} must be >= 0 (0 is greedy)")
@@ -356,24 +279,46 @@ def generate(model: InfiniTransformer, prompts, max_new_tokens: int, *, lengths=
     prompts = padded
   state, logits = prefill(model, prompts, lengths)
   graphdef, params = nnx.split(model)
-  batch = logits.shape[0]
-  done = jnp.zeros((batch,), bool)
-  generated = jnp.zeros((batch,), jnp.int32)
-  tokens, all_logits = [], []
+  done = jnp.zeros((logits.shape[0],), bool)
   for t in range(max_new_tokens):
     if stop_token is not None and bool(done.all()):
-      break
+      return
     key = None if temperature == 0 else jax.random.fold_in(rng, t)
-    generated = generated + (~done)
-    if return_logits:
-      all_logits.append(logits)
+    drawn_from = logits
     token, done, logits, state = _generate_step(graphdef, params, state, logits, done, key,
                                                 float(temperature), float(top_p), stop_token,
                                                 pad_token)
-    tokens.append(token)
+    yield token, drawn_from
+
+
+def generate(model: InfiniTransformer, prompts, max_new_tokens: int, *, lengths=None,
+             temperature: float = 0.0, top_p: float = 1.0, stop_token: int | None = None,
+             pad_token: int = 0, rng: jax.Array | None = None,
+             return_logits: bool = False) -> Generation:
+  """Continues a batch of prompts by up to ``max_new_tokens`` tokens each.
+
+  Args:
+    model: the transformer.
+    prompts: ``[batch, length]`` int ids right-padded to ``lengths``, or a list of 1-D sequences.
+    max_new_tokens: tokens to generate per sequence.
+    lengths: ``[batch]`` prompt lengths for an array of prompts (default: all full).
+    temperature: 0 for greedy decoding, else the softmax temperature.
+    top_p: nucleus sampling mass in (0, 1]; 1 disables it.
+    stop_token: a sequence stops after producing it; its later tokens are ``pad_token``.
+    rng: a ``jax.random.key``, required when ``temperature > 0``; step t uses ``fold_in(rng, t)``.
+    return_logits: also return the logits each token was drawn from.
+  """
+  steps = list(stream(model, prompts, max_new_tokens, lengths=lengths, temperature=temperature,
+                      top_p=top_p, stop_token=stop_token, pad_token=pad_token, rng=rng))
+  tokens, logits = (list(column) for column in zip(*steps))
+  batch = tokens[0].shape[0]
   missing = max_new_tokens - len(tokens)
   out = jnp.stack(tokens + [jnp.full((batch,), pad_token, jnp.int32)] * missing, axis=1)
+  generated = jnp.full((batch,), max_new_tokens, jnp.int32)
+  if stop_token is not None:   # each sequence's tokens up to its stop token
+    stopped = out == stop_token
+    generated = jnp.where(stopped.any(axis=1), jnp.argmax(stopped, axis=1) + 1, generated)
   if return_logits:
-    all_logits += [jnp.zeros_like(logits)] * missing
-    return Generation(out, generated, jnp.stack(all_logits, axis=1))
-  return Generation(out, generated, None)
+    logits += [jnp.zeros_like(logits[0])] * missing
+    return Generation(out, generated.astype(jnp.int32), jnp.stack(logits, axis=1))
+  return Generation(out, generated.astype(jnp.int32), None)

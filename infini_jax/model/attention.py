@@ -2,7 +2,15 @@
 
 Shapes: ``x [batch, seg, d_model]``; ``q [batch, seg, heads, head_dim]``;
 ``k, v [batch, seg, kv_heads, head_dim]``; the memory holds one ``(M, z)`` per key/value head.
+
+The same layer serves training and decoding. Training calls it on whole segments (the model scans
+it over them); decoding also passes a :class:`KVCache` of the current segment and each sequence's
+place in it, and the layer attends to the cache, adds the new keys and values to it and writes the
+segment into the memory once it is complete (Levanter's pattern: an optional cache in, the updated
+cache out).
 """
+
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -92,14 +100,27 @@ def local_attention(q: jax.Array, k: jax.Array, v: jax.Array, impl: str) -> jax.
   if impl == "splash":
     return splash_attention(q, k, v)
   if impl == "reference":
-    group = q.shape[2] // k.shape[2]
-    k, v = (jnp.repeat(t, group, axis=2) for t in (k, v))
-    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
-    scores = scores / jnp.sqrt(jnp.float32(q.shape[-1]))
-    causal = jnp.tril(jnp.ones((q.shape[1], k.shape[1]), bool))
-    weights = jax.nn.softmax(jnp.where(causal, scores, -jnp.inf), axis=-1)
-    return jnp.einsum("bhqk,bkhd->bqhd", weights.astype(v.dtype), v)
+    return attend_up_to(q, k, v, jnp.arange(q.shape[1]))
   return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=impl)
+
+
+def attend_up_to(q: jax.Array, k: jax.Array, v: jax.Array, positions: jax.Array) -> jax.Array:
+  """Plain softmax attention in which the query at position ``p`` of the segment sees keys ``0..p``.
+
+  ``q [b, t, heads, d]`` (queries at ``positions``, ``[t]`` or ``[b, t]``), ``k, v [b, n,
+  kv_heads, d]`` (the segment's keys and values from its start) -> ``[b, t, heads, d]``; query
+  head h uses key/value head ``h // group``. Scores and softmax in float32. With ``positions =
+  0..n-1`` it is the local attention's reference; decoding passes each new token's place.
+  """
+  b, t, heads, d = q.shape
+  kv_heads = k.shape[2]
+  q = q.reshape(b, t, kv_heads, heads // kv_heads, d)
+  scores = jnp.einsum("btkgd,bnkd->bkgtn", q, k, preferred_element_type=jnp.float32)
+  scores = scores / jnp.sqrt(jnp.float32(d))
+  visible = jnp.arange(k.shape[1]) <= jnp.broadcast_to(positions, (b, t))[..., None]   # [b, t, n]
+  weights = jax.nn.softmax(jnp.where(visible[:, None, None], scores, -jnp.inf), axis=-1)
+  out = jnp.einsum("bkgtn,bnkd->btkgd", weights.astype(v.dtype), v)
+  return out.reshape(b, t, heads, d)
 
 
 def retrieve_grouped(memory: mem.Memory, q: jax.Array) -> jax.Array:
@@ -115,6 +136,23 @@ def retrieve_grouped(memory: mem.Memory, q: jax.Array) -> jax.Array:
   read = mem.retrieve(memory, folded)
   d_value = read.shape[-1]
   return read.reshape(b, n, group, kv_heads, d_value).swapaxes(2, 3).reshape(b, n, heads, d_value)
+
+
+class KVCache(NamedTuple):
+  """One layer's keys and values of the current segment while decoding, un-rotated.
+
+  ``k, v [b, segment_len, kv_heads, head_dim]``; a sequence's entries from its place in the
+  segment on are stale (never attended to, overwritten as tokens arrive).
+  """
+
+  k: jax.Array
+  v: jax.Array
+
+
+def write_at(cache: jax.Array, new: jax.Array, pos: jax.Array) -> jax.Array:
+  """Each sequence's ``new [b, t, ...]`` into its ``cache [b, n, ...]`` at its own ``pos [b]``."""
+  return jax.vmap(lambda c, x, p: jax.lax.dynamic_update_slice_in_dim(c, x, p, axis=0))(
+      cache, new, pos)
 
 
 class InfiniAttention(nnx.Module):
@@ -165,16 +203,36 @@ class InfiniAttention(nnx.Module):
     return constrain(out, ("batch", "seq", "embed"))
 
   def __call__(self, x: jax.Array, memory: mem.Memory | None,
-               write_weight: jax.Array | None = None):
-    """``x [b, n, d_model]``, memory of the previous segments -> (``[b, n, d_model]``, new memory).
+               write_weight: jax.Array | None = None, cache: KVCache | None = None,
+               pos: jax.Array | None = None):
+    """``x [b, t, d_model]``, memory of the previous segments -> (``[b, t, d_model]``, new memory).
 
-    ``write_weight [b, n]`` (None: ones): each token's weight in the memory write (``memory.update``).
+    Training passes no ``cache``: ``x`` is a whole segment (t = segment_len), attended to causally
+    and written into the memory, each token weighted by ``write_weight [b, t]`` (None: ones; see
+    ``memory.update``).
+
+    Decoding passes the current segment's ``cache`` and ``pos [b]``, the place in the segment of
+    ``x``'s first token, and gets ``(out, memory, cache)`` back: ``x`` attends to the cache and to
+    itself, and its keys and values join the cache. The memory is written with the whole cached
+    segment, weighted by ``write_weight [b, segment_len]`` (required): ones for the sequences whose
+    segment ``x`` completes, zeros for the others, so that each segment is written exactly once. A
+    whole segment (t = segment_len, ``pos`` 0) replaces the cache and is attended to by the
+    training path's kernel.
     """
     cfg = self.cfg
     q, k, v = self.project(x)
-    # RoPE on the local path only: the memory reads and writes the un-rotated q, k.
-    local = local_attention(self.rotate(q), self.rotate(k), v, cfg.attention_impl)
+    if cache is None or x.shape[1] == cfg.segment_len:
+      # RoPE on the local path only: the memory reads and writes the un-rotated q, k.
+      local = local_attention(self.rotate(q), self.rotate(k), v, cfg.attention_impl)
+    else:
+      k, v = write_at(cache.k, k, pos), write_at(cache.v, v, pos)
+      positions = pos[:, None] + jnp.arange(x.shape[1])                # [b, t]
+      local = attend_up_to(self.rotate(q, positions), self.rotate(k), v, positions)
     out = self.output(local, q, memory)                             # reads before the write
     if cfg.memory == "infini":
-      memory = mem.update(memory, k, v, cfg.update_rule, write_weight)
-    return out, memory
+      def write():
+        return mem.update(memory, k, v, cfg.update_rule, write_weight)
+      # A decoded segment is written once, by the step that completes it: skip all other steps.
+      memory = (write() if cache is None
+                else jax.lax.cond(jnp.any(write_weight != 0), write, lambda: memory))
+    return (out, memory) if cache is None else (out, memory, KVCache(k, v))

@@ -17,7 +17,7 @@ from flax import nnx
 
 from infini_jax import loss
 from infini_jax import memory as mem
-from infini_jax.model.attention import InfiniAttention
+from infini_jax.model.attention import InfiniAttention, KVCache
 from infini_jax.model.config import ModelConfig
 from infini_jax.model.layers import Embed, RMSNorm, SwiGLU, fan_in_init, param
 from infini_jax.sharding import constrain
@@ -37,11 +37,14 @@ class Block(nnx.Module):
     self.mlp = SwiGLU(cfg, rngs=rngs)
 
   def __call__(self, x: jax.Array, memory: mem.Memory | None,
-               write_weight: jax.Array | None = None):
-    attended, memory = self.attn(self.attn_norm(x), memory, write_weight)
+               write_weight: jax.Array | None = None, cache: KVCache | None = None,
+               pos: jax.Array | None = None):
+    """``x [b, t, d_model]`` -> (x, memory), or (x, memory, cache) with a ``cache``: see
+    :meth:`InfiniAttention.__call__`, which takes the same arguments."""
+    attended, *carried = self.attn(self.attn_norm(x), memory, write_weight, cache, pos)
     x = x + attended
     x = x + self.mlp(self.mlp_norm(x))
-    return constrain(x, ("batch", "seq", "embed")), memory
+    return constrain(x, ("batch", "seq", "embed")), *carried
 
 
 def _stacked_blocks(cfg: ModelConfig, rngs: nnx.Rngs) -> Block:
@@ -89,22 +92,28 @@ class InfiniTransformer(nnx.Module):
     return loss.logits(h, self.unembedding())
 
   def run_layers(self, x: jax.Array, memory: mem.Memory | None,
-                 write_weight: jax.Array | None = None):
-    """One segment through the layer stack: a scan over the stacked blocks.
+                 write_weight: jax.Array | None = None, cache: KVCache | None = None,
+                 pos: jax.Array | None = None):
+    """One segment (or, decoding, part of one) through the layer stack: a scan over the blocks.
 
     ``x [batch, seg, d_model]``; ``memory`` stacked over layers (or None);
     ``write_weight [batch, seg]`` (None: ones), every layer's memory-write weight per token
-    -> (x, new memory).
+    -> (x, new memory). Decoding: ``cache`` stacked over layers (``[layers, batch, segment_len,
+    kv_heads, head_dim]``) and ``pos [batch]`` -> (x, new memory, new cache); see
+    :meth:`InfiniAttention.__call__`.
     """
     graphdef, state = nnx.split(self.blocks)
 
     def layer(x, layer_inputs):
-      block_state, layer_memory = layer_inputs
-      return nnx.merge(graphdef, block_state)(x, layer_memory, write_weight)
+      block_state, layer_memory, layer_cache = layer_inputs
+      x, *carried = nnx.merge(graphdef, block_state)(x, layer_memory, write_weight, layer_cache,
+                                                     pos)
+      return x, tuple(carried)
 
     if self.cfg.remat == "segment_and_layer":
       layer = jax.checkpoint(layer, prevent_cse=False)
-    return jax.lax.scan(layer, x, (state, memory))
+    x, carried = jax.lax.scan(layer, x, (state, memory, cache))
+    return x, *carried
 
   def __call__(self, tokens: jax.Array, memory: LayerMemories | None = None):
     outputs, memory = scan_segments(self, tokens, memory, lambda model, h, _: model.logits(h))
