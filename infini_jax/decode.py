@@ -24,6 +24,7 @@ import numpy as np
 from flax import nnx
 
 from infini_jax import memory as mem
+from infini_jax.errors import UserError
 from infini_jax.model.attention import local_attention
 from infini_jax.model.transformer import InfiniTransformer, stack_layers
 from infini_jax.sharding import constrain
@@ -64,6 +65,9 @@ class Generation(NamedTuple):
 def init_state(model: InfiniTransformer, batch: int) -> DecodeState:
   """The state of ``batch`` empty sequences: empty memory, empty cache."""
   cfg = model.cfg
+  if cfg.memory == "xl":
+    raise UserError('decoding (generate, eval_passkey) is not implemented for memory="xl"; '
+                    'evaluate an xl model with eval_ppl, or decode a memory="infini"/"none" model')
   shape = (cfg.num_layers, batch, cfg.segment_len, cfg.num_kv_heads, cfg.dim_per_head)
   cache = jnp.zeros(shape, cfg.compute_dtype)
   return DecodeState(stack_layers(model.init_memory(batch)), cache, cache,
@@ -160,10 +164,11 @@ def _select(mask: jax.Array, new, old):
   return jax.tree.map(pick, new, old)
 
 
-def _fold(model: InfiniTransformer, memory, k, v, complete: jax.Array):
-  """Writes the cached segment into the memory of the sequences whose segment is ``complete``."""
-  if memory is None:
-    return None
+def _fold(model: InfiniTransformer, memory, k, v, complete: jax.Array, knockout: bool):
+  """Writes the cached segment into the memory of the sequences whose segment is ``complete``
+  (never with ``knockout``: the memory stays as it is)."""
+  if memory is None or knockout:
+    return memory
   rule = model.cfg.update_rule
   written = jax.vmap(lambda m, k, v: mem.update(m, k, v, rule))(memory, k, v)
   return _select(complete, written, memory)
@@ -172,7 +177,7 @@ def _fold(model: InfiniTransformer, memory, k, v, complete: jax.Array):
 # ----------------------------------------------------------------------------- prefill, step
 
 
-def _prefill(model: InfiniTransformer, state: DecodeState | None, tokens, lengths):
+def _prefill(model: InfiniTransformer, state: DecodeState | None, tokens, lengths, knockout):
   """Scan over whole segments of the padded prompt; see :func:`prefill`."""
   cfg = model.cfg
   n = cfg.segment_len
@@ -190,7 +195,7 @@ def _prefill(model: InfiniTransformer, state: DecodeState | None, tokens, length
     last = jnp.take_along_axis(x, jnp.maximum(count - 1, 0)[:, None, None], axis=1)
     logits = model.logits(model.final_norm(last))[:, 0]
     complete = count == n
-    after = DecodeState(_fold(model, state.memory, k, v, complete), k, v,
+    after = DecodeState(_fold(model, state.memory, k, v, complete, knockout), k, v,
                         jnp.where(complete, 0, count).astype(jnp.int32))
     active = count > 0                                   # prompts that end earlier keep their state
     last_logits = jnp.where(active[:, None], logits, last_logits)
@@ -203,7 +208,7 @@ def _prefill(model: InfiniTransformer, state: DecodeState | None, tokens, length
   return _constrain_state(state), last_logits
 
 
-def _decode_step(model: InfiniTransformer, state: DecodeState, tokens):
+def _decode_step(model: InfiniTransformer, state: DecodeState, tokens, knockout):
   """See :func:`decode_step`."""
   cfg = model.cfg
   x = model.embed(tokens[:, None], cfg.compute_dtype)
@@ -213,19 +218,20 @@ def _decode_step(model: InfiniTransformer, state: DecodeState, tokens):
   complete = pos == cfg.segment_len
   memory = state.memory
   if memory is not None:
-    memory = jax.lax.cond(jnp.any(complete), lambda: _fold(model, memory, k, v, complete),
+    memory = jax.lax.cond(jnp.any(complete),
+                          lambda: _fold(model, memory, k, v, complete, knockout),
                           lambda: memory)
   return logits, _constrain_state(DecodeState(memory, k, v, jnp.where(complete, 0, pos)))
 
 
-@jax.jit(static_argnums=0)
-def _prefill_jit(graphdef, params, state, tokens, lengths):
-  return _prefill(nnx.merge(graphdef, params), state, tokens, lengths)
+@jax.jit(static_argnums=(0, 5))
+def _prefill_jit(graphdef, params, state, tokens, lengths, knockout):
+  return _prefill(nnx.merge(graphdef, params), state, tokens, lengths, knockout)
 
 
-@jax.jit(static_argnums=0)
-def _decode_step_jit(graphdef, params, state, tokens):
-  return _decode_step(nnx.merge(graphdef, params), state, tokens)
+@jax.jit(static_argnums=(0, 4))
+def _decode_step_jit(graphdef, params, state, tokens, knockout):
+  return _decode_step(nnx.merge(graphdef, params), state, tokens, knockout)
 
 
 def _concrete(x):
@@ -237,7 +243,8 @@ def _concrete(x):
 
 
 def prefill(model: InfiniTransformer, tokens: jax.Array, lengths: jax.Array | None = None,
-            state: DecodeState | None = None) -> tuple[DecodeState, jax.Array]:
+            state: DecodeState | None = None,
+            knockout: bool = False) -> tuple[DecodeState, jax.Array]:
   """Reads a prompt of any length: whole segments into the memory, the rest into the KV cache.
 
   The prompt is processed one segment at a time by a scan whose carry is the decode state, and only
@@ -250,6 +257,8 @@ def prefill(model: InfiniTransformer, tokens: jax.Array, lengths: jax.Array | No
     tokens: ``[batch, length]`` int ids, right-padded where prompts are shorter.
     lengths: ``[batch]`` prompt lengths, 1..length (default: all ``length``).
     state: state to continue from (default: empty); every sequence must be at a segment boundary.
+    knockout: never write the memory (it stays as ``state`` has it; empty by default): what the
+      model does without its memory, for the evaluations' knock-out.
 
   Returns:
     (the decode state after the prompt, float32 logits ``[batch, vocab]`` at each prompt's last
@@ -274,18 +283,19 @@ def prefill(model: InfiniTransformer, tokens: jax.Array, lengths: jax.Array | No
   if padding:
     tokens = jnp.pad(tokens, ((0, 0), (0, padding)))
   graphdef, params = nnx.split(model)
-  return _prefill_jit(graphdef, params, state, tokens, lengths)
+  return _prefill_jit(graphdef, params, state, tokens, lengths, knockout)
 
 
-def decode_step(model: InfiniTransformer, state: DecodeState,
-                tokens: jax.Array) -> tuple[jax.Array, DecodeState]:
+def decode_step(model: InfiniTransformer, state: DecodeState, tokens: jax.Array,
+                knockout: bool = False) -> tuple[jax.Array, DecodeState]:
   """Feeds one token per sequence: ``tokens [batch]`` -> (float32 logits ``[batch, vocab]``, state).
 
   The token attends causally to the current segment's cache and reads the memory; when it completes
-  its segment, the segment is folded into that sequence's memory and its cache restarts.
+  its segment, the segment is folded into that sequence's memory (not with ``knockout``) and its
+  cache restarts.
   """
   graphdef, params = nnx.split(model)
-  return _decode_step_jit(graphdef, params, state, jnp.asarray(tokens, jnp.int32))
+  return _decode_step_jit(graphdef, params, state, jnp.asarray(tokens, jnp.int32), knockout)
 
 
 # ----------------------------------------------------------------------------- sampling
@@ -317,7 +327,7 @@ def _generate_step(graphdef, params, state, logits, done, key, temperature, top_
   """Draws a token per sequence (pad once stopped), then feeds it: the loop body of generate."""
   token = jnp.where(done, pad_token, sample(logits, key, temperature, top_p))
   now_done = done if stop_token is None else done | (token == stop_token)
-  next_logits, state = _decode_step(nnx.merge(graphdef, params), state, token)
+  next_logits, state = _decode_step(nnx.merge(graphdef, params), state, token, False)
   return token, now_done, next_logits, state
 
 

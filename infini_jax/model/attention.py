@@ -11,6 +11,7 @@ from jax.experimental.pallas.ops.tpu import splash_attention as splash
 
 from infini_jax import memory as mem
 from infini_jax.model.config import ModelConfig
+from infini_jax.model import xl
 from infini_jax.model.layers import fan_in_init, param, rope
 from infini_jax.sharding import constrain, logical_to_spec
 
@@ -168,10 +169,15 @@ class InfiniAttention(nnx.Module):
                write_weight: jax.Array | None = None):
     """``x [b, n, d_model]``, memory of the previous segments -> (``[b, n, d_model]``, new memory).
 
-    ``write_weight [b, n]`` (None: ones): each token's weight in the memory write (``memory.update``).
+    ``write_weight [b, n]`` (None: ones): each token's weight in the memory write (``memory.update``;
+    with ``memory="xl"``, tokens of weight 0 are not handed to the next segment).
+    The memory is a ``memory.Memory`` (infini), an ``xl.PrevSegment`` (xl) or None (none).
     """
     cfg = self.cfg
     q, k, v = self.project(x)
+    if cfg.memory == "xl":
+      attended, memory = xl.xl_attention(q, k, v, memory, self.rotate, write_weight)
+      return self.output(attended, q, None), memory
     # RoPE on the local path only: the memory reads and writes the un-rotated q, k.
     local = local_attention(self.rotate(q), self.rotate(k), v, cfg.attention_impl)
     out = self.output(local, q, memory)                             # reads before the write
