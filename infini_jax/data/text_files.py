@@ -41,10 +41,11 @@ def list_files(pattern: str, setting: str = "corpus_pattern", suffixes: Sequence
     raise UserError(f"corpus folder {pattern!r} does not exist; set {setting} to a folder or a "
                     "glob (e.g. '/data/books/*.txt') of .txt, .jsonl or .txt.gz files")
   if not files:
+    kinds = ".txt, .jsonl or .txt.gz" if tuple(suffixes) == SUFFIXES else " or ".join(suffixes)
+    size = f" of {min_bytes} bytes or more" if min_bytes else ""
     raise UserError(
-        f"no {', '.join(suffixes)} files{f' of {min_bytes} bytes or more' if min_bytes else ''} "
-        f"found at {pattern!r}; set {setting} to a folder or a glob (e.g. '/data/books/*.txt') "
-        "of such files")
+        f"no {kinds} files{size} found at {pattern!r}; set {setting} to a folder or a glob (e.g. "
+        "'/data/books/*.txt') of such files")
   return files
 
 
