@@ -8,6 +8,9 @@ here both segments are rotated together at ``0..2N-1`` and the queries at ``N..2
 Shapes: ``q [batch, n, heads, d]``; ``k, v [batch, n, kv_heads, d]``; the carried state holds the
 previous segment's un-rotated ``k, v`` and ``written [batch, n]``: which of its tokens may be
 attended to (all False for an empty state, and for tokens written with weight 0).
+
+The attention is a plain masked softmax (XLA) whatever ``ModelConfig.attention_impl`` says: the
+baseline is for comparisons at small scale, not for speed.
 """
 
 from typing import NamedTuple
