@@ -140,4 +140,5 @@ def test_eval_ppl_knockout_and_a_full_attention_baseline(tmp_path, capsys):
   assert infini["state_per_sequence"] == state.state_per_sequence(model_of("infini", segment_len=64).cfg)
   assert none["state_per_sequence"]["carried"]["numbers"] == 0
   out = capsys.readouterr().out
-  assert " ko" in out and "state per sequence of none@3" in out
+  assert none["name"] == "none/seg256@3" and infini["name"] == "infini/linear@3"
+  assert " ko" in out and "state per sequence of none/seg256@3" in out

@@ -87,7 +87,7 @@ def main(argv=None) -> dict:
     return dict(nll_per_segment=t["nll"].tolist(), tokens_per_segment=t["weight"].tolist(),
                 buckets=ppl.buckets(t["nll"], t["weight"]))
 
-  results = [dict(name=ppl.model_name(r.model, r.step), checkpoint=r.checkpoint, step=r.step,
+  results = [dict(name=ppl.model_name(r.model, r.step, data_cfg.segment_len), checkpoint=r.checkpoint, step=r.step,
                   memory=r.model.cfg.memory, update_rule=r.model.cfg.update_rule,
                   segment_len=r.model.cfg.segment_len,
                   state_per_sequence=state.state_per_sequence(r.model.cfg), **sums(t),

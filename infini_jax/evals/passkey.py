@@ -98,7 +98,7 @@ def table(result: dict, segment_len: int, knockout: dict | None = None) -> str:
   rows = result["accuracy"] if knockout is None else zip(result["accuracy"], knockout["accuracy"])
   for length, row in zip(result["lengths"], rows):
     cells = ([f"{100 * a:>6.0f}%" for a in row] if knockout is None
-             else [f"{100 * a:>4.0f}/{100 * b:<3.0f}%" for a, b in zip(*row)])
+             else [f"{f'{100 * a:.0f}/{100 * b:.0f}%':>9}" for a, b in zip(*row)])
     lines.append(f"{_length_label(length):>8} {-(-length // segment_len):>8} " + " ".join(cells))
   if knockout is not None:
     lines.append("cells: accuracy % / with the memory knocked out (never written)")

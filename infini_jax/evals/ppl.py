@@ -127,7 +127,11 @@ def table(results: list) -> str:
   return "\n".join(lines)
 
 
-def model_name(model, step_number: int) -> str:
+def model_name(model, step_number: int, segment_len: int | None = None) -> str:
+  """E.g. "infini/linear@1000", "xl@1000"; "none/seg2048@1000" for a model whose segments are
+  not ``segment_len`` long (full attention beside a model of shorter segments)."""
   cfg = model.cfg
-  memory = "none" if cfg.memory == "none" else f"{cfg.memory}/{cfg.update_rule}"
+  memory = f"{cfg.memory}/{cfg.update_rule}" if cfg.memory == "infini" else cfg.memory
+  if segment_len is not None and cfg.segment_len != segment_len:
+    memory += f"/seg{cfg.segment_len}"
   return f"{memory}@{step_number}"
