@@ -11,6 +11,7 @@ from infini_jax.errors import UserError
 from infini_jax.model import InfiniTransformer, ModelConfig
 from infini_jax.model import xl
 from infini_jax.model.attention import InfiniAttention
+from infini_jax.training import flops
 
 N = 8
 CFG = ModelConfig(vocab_size=64, num_layers=2, d_model=32, num_heads=4, num_kv_heads=2,
@@ -94,6 +95,9 @@ def test_model_streams_and_has_the_parameters_of_none():
   count = lambda m: sum(x.size for x in jax.tree.leaves(nnx.state(m, nnx.Param)))
   assert count(model) == count(none)
   assert CFG.memory_state_size() == 2 * N * 2 * CFG.dim_per_head * CFG.num_layers
+  # Each query also meets N previous keys: QK^T and AV, 2 FLOPs a multiply-add, every head, layer.
+  extra = flops.forward_flops_per_token(CFG) - flops.forward_flops_per_token(none.cfg)
+  assert extra == CFG.num_layers * 2 * 2 * CFG.num_heads * CFG.dim_per_head * N
 
 
 def test_decoding_xl_is_a_clear_error():
