@@ -26,6 +26,7 @@ import numpy as np
 from flax import nnx
 
 from infini_jax import memory as mem
+from infini_jax.errors import UserError
 from infini_jax.model.attention import KVCache
 from infini_jax.model.transformer import InfiniTransformer, constrain_memory, stack_layers
 from infini_jax.sharding import constrain
@@ -66,6 +67,9 @@ class Generation(NamedTuple):
 def init_state(model: InfiniTransformer, batch: int) -> DecodeState:
   """The state of ``batch`` empty sequences: empty memory, empty cache."""
   cfg = model.cfg
+  if cfg.memory == "xl":
+    raise UserError('decoding (generate, eval_passkey) is not implemented for memory="xl"; '
+                    'evaluate an xl model with eval_ppl, or decode a memory="infini"/"none" model')
   shape = (cfg.num_layers, batch, cfg.segment_len, cfg.num_kv_heads, cfg.dim_per_head)
   cache = jnp.zeros(shape, cfg.compute_dtype)
   return DecodeState(stack_layers(model.init_memory(batch)), cache, cache,
@@ -92,15 +96,17 @@ def _select(mask: jax.Array, new, old):
 
 
 def _run_layers(model: InfiniTransformer, tokens: jax.Array, state: DecodeState,
-                complete: jax.Array):
+                complete: jax.Array, knockout: bool):
   """``tokens [batch, t]`` at ``state.pos`` through the model's layers with the state's cache.
 
   The segments that ``complete [batch]`` marks as completed by these tokens are written into the
-  memory. Returns (final hidden states ``[batch, t, d_model]``, memory, cache).
+  memory (never with ``knockout``: the memory stays as it is). Returns (final hidden states
+  ``[batch, t, d_model]``, memory, cache).
   """
   cfg = model.cfg
   x = model.embed(tokens, cfg.compute_dtype)
-  write_weight = jnp.broadcast_to(complete[:, None], (tokens.shape[0], cfg.segment_len))
+  written = jnp.zeros_like(complete) if knockout else complete
+  write_weight = jnp.broadcast_to(written[:, None], (tokens.shape[0], cfg.segment_len))
   x, memory, cache = model.run_layers(x, state.memory, write_weight.astype(jnp.float32),
                                       KVCache(state.k, state.v), state.pos)
   return model.final_norm(x), memory, cache
@@ -109,7 +115,7 @@ def _run_layers(model: InfiniTransformer, tokens: jax.Array, state: DecodeState,
 # ----------------------------------------------------------------------------- prefill, step
 
 
-def _prefill(model: InfiniTransformer, state: DecodeState | None, tokens, lengths):
+def _prefill(model: InfiniTransformer, state: DecodeState | None, tokens, lengths, knockout):
   """Scan over whole segments of the padded prompt; see :func:`prefill`."""
   cfg = model.cfg
   n = cfg.segment_len
@@ -123,7 +129,7 @@ def _prefill(model: InfiniTransformer, state: DecodeState | None, tokens, length
     segment = jax.lax.dynamic_slice_in_dim(tokens, i * n, n, axis=1)
     count = jnp.clip(lengths - i * n, 0, n)              # prompt tokens in this segment
     complete = count == n
-    h, memory, cache = _run_layers(model, segment, state, complete)
+    h, memory, cache = _run_layers(model, segment, state, complete, knockout)
     last = jnp.take_along_axis(h, jnp.maximum(count - 1, 0)[:, None, None], axis=1)
     logits = model.logits(last)[:, 0]
     after = DecodeState(memory, cache.k, cache.v, jnp.where(complete, 0, count).astype(jnp.int32))
@@ -138,24 +144,24 @@ def _prefill(model: InfiniTransformer, state: DecodeState | None, tokens, length
   return _constrain_state(state), last_logits
 
 
-def _decode_step(model: InfiniTransformer, state: DecodeState, tokens):
+def _decode_step(model: InfiniTransformer, state: DecodeState, tokens, knockout):
   """See :func:`decode_step`."""
   pos = state.pos + 1
   complete = pos == model.cfg.segment_len
-  h, memory, cache = _run_layers(model, tokens[:, None], state, complete)
+  h, memory, cache = _run_layers(model, tokens[:, None], state, complete, knockout)
   logits = model.logits(h)[:, 0]
   return logits, _constrain_state(DecodeState(memory, cache.k, cache.v,
                                               jnp.where(complete, 0, pos)))
 
 
-@jax.jit(static_argnums=0)
-def _prefill_jit(graphdef, params, state, tokens, lengths):
-  return _prefill(nnx.merge(graphdef, params), state, tokens, lengths)
+@jax.jit(static_argnums=(0, 5))
+def _prefill_jit(graphdef, params, state, tokens, lengths, knockout):
+  return _prefill(nnx.merge(graphdef, params), state, tokens, lengths, knockout)
 
 
-@jax.jit(static_argnums=0)
-def _decode_step_jit(graphdef, params, state, tokens):
-  return _decode_step(nnx.merge(graphdef, params), state, tokens)
+@jax.jit(static_argnums=(0, 4))
+def _decode_step_jit(graphdef, params, state, tokens, knockout):
+  return _decode_step(nnx.merge(graphdef, params), state, tokens, knockout)
 
 
 def _concrete(x):
@@ -167,7 +173,8 @@ def _concrete(x):
 
 
 def prefill(model: InfiniTransformer, tokens: jax.Array, lengths: jax.Array | None = None,
-            state: DecodeState | None = None) -> tuple[DecodeState, jax.Array]:
+            state: DecodeState | None = None,
+            knockout: bool = False) -> tuple[DecodeState, jax.Array]:
   """Reads a prompt of any length: whole segments into the memory, the rest into the KV cache.
 
   The prompt is processed one segment at a time by a scan whose carry is the decode state, and only
@@ -180,6 +187,8 @@ def prefill(model: InfiniTransformer, tokens: jax.Array, lengths: jax.Array | No
     tokens: ``[batch, length]`` int ids, right-padded where prompts are shorter.
     lengths: ``[batch]`` prompt lengths, 1..length (default: all ``length``).
     state: state to continue from (default: empty); every sequence must be at a segment boundary.
+    knockout: never write the memory (it stays as ``state`` has it; empty by default): what the
+      model does without its memory, for the evaluations' knock-out.
 
   Returns:
     (the decode state after the prompt, float32 logits ``[batch, vocab]`` at each prompt's last
@@ -204,18 +213,19 @@ def prefill(model: InfiniTransformer, tokens: jax.Array, lengths: jax.Array | No
   if padding:
     tokens = jnp.pad(tokens, ((0, 0), (0, padding)))
   graphdef, params = nnx.split(model)
-  return _prefill_jit(graphdef, params, state, tokens, lengths)
+  return _prefill_jit(graphdef, params, state, tokens, lengths, knockout)
 
 
-def decode_step(model: InfiniTransformer, state: DecodeState,
-                tokens: jax.Array) -> tuple[jax.Array, DecodeState]:
+def decode_step(model: InfiniTransformer, state: DecodeState, tokens: jax.Array,
+                knockout: bool = False) -> tuple[jax.Array, DecodeState]:
   """Feeds one token per sequence: ``tokens [batch]`` -> (float32 logits ``[batch, vocab]``, state).
 
   The token attends causally to the current segment's cache and reads the memory; when it completes
-  its segment, the segment is folded into that sequence's memory and its cache restarts.
+  its segment, the segment is folded into that sequence's memory (not with ``knockout``) and its
+  cache restarts.
   """
   graphdef, params = nnx.split(model)
-  return _decode_step_jit(graphdef, params, state, jnp.asarray(tokens, jnp.int32))
+  return _decode_step_jit(graphdef, params, state, jnp.asarray(tokens, jnp.int32), knockout)
 
 
 # ----------------------------------------------------------------------------- sampling
@@ -247,7 +257,7 @@ def _generate_step(graphdef, params, state, logits, done, key, temperature, top_
   """Draws a token per sequence (pad once stopped), then feeds it: the loop body of generate."""
   token = jnp.where(done, pad_token, sample(logits, key, temperature, top_p))
   now_done = done if stop_token is None else done | (token == stop_token)
-  next_logits, state = _decode_step(nnx.merge(graphdef, params), state, token)
+  next_logits, state = _decode_step(nnx.merge(graphdef, params), state, token, False)
   return token, now_done, next_logits, state
 
 

@@ -12,6 +12,11 @@ the normaliser. The key sits at the start of the filler (always in an earlier se
 length, the median share over the prompts for every head with its gate sigmoid(β); writes JSON.
 
   python scripts/probe_memory.py --checkpoint=runs/passkey_tiny --segments=16,64,256,1024
+
+--filler=NAME (paper, plays_validation, glaciers; data/fillers.py) or --filler_file=PATH sets the
+haystack. --knockout also scores the answer on the same prompts with the memory and with the
+memory never written (``decode.prefill(knockout=True)``), printed beside the shares and written as
+``answer_accuracy`` / ``answer_accuracy_knockout`` per length.
 """
 
 from __future__ import annotations
@@ -28,14 +33,15 @@ from flax import nnx
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from infini_jax.commands import entry, runs  # noqa: E402
-from infini_jax.evals import passkey as passkey_eval, restore  # noqa: E402
+from infini_jax.evals import passkey as passkey_eval, restore, streaming  # noqa: E402
 from infini_jax import paths  # noqa: E402
 from infini_jax.errors import UserError  # noqa: E402
-from infini_jax.data import passkey  # noqa: E402
+from infini_jax.data import fillers, passkey, text_files  # noqa: E402
 from infini_jax.memory import sigma  # noqa: E402
 
 USAGE = ("usage: scripts/probe_memory.py --checkpoint=RUN [--segments=16,64,256] [--samples=8] "
-         "[--digits=N] [--out=FILE.json] [gin flags]")
+         "[--digits=N] [--filler=NAME | --filler_file=PATH] [--knockout] [--out=FILE.json] "
+         "[gin flags]")
 
 
 @nnx.jit
@@ -86,11 +92,26 @@ def key_share(model, tokens: np.ndarray, key_span: list[tuple[int, int]]) -> np.
   return np.stack(shares, axis=1)
 
 
+def answer_accuracy(model, examples, knockout: bool) -> float:
+  """Fraction of ``examples`` (passkey prompts of one length) whose answer is greedily right."""
+  state, logits = streaming.stream_prefill(model, np.stack([ex["tokens"] for ex in examples]),
+                                           knockout=knockout)
+  answers = np.stack([ex["answer"] for ex in examples])
+  predicted, _ = streaming.score_continuation(model, state, logits, answers, knockout)
+  return float((predicted == answers).all(-1).mean())
+
+
 def main(argv=None) -> dict:
   own, gin_argv = runs.split_own_flags(
-      sys.argv[1:] if argv is None else argv, ("checkpoint", "segments", "samples", "digits", "out"))
+      sys.argv[1:] if argv is None else argv,
+      ("checkpoint", "segments", "samples", "digits", "filler", "filler_file", "out"), ("knockout",))
   if "checkpoint" not in own:
     raise SystemExit(USAGE)
+  filler_text = None
+  if "filler_file" in own:
+    filler_text = text_files.read_text(own["filler_file"][-1], "--filler_file")
+  elif "filler" in own:
+    filler_text = fillers.filler_text(own["filler"][-1])
   loaded = runs.load(gin_argv, runs.last(own, "checkpoint"))
   model, cfg = loaded.model, loaded.model.cfg
   if cfg.memory != "infini":
@@ -102,22 +123,28 @@ def main(argv=None) -> dict:
   encode = restore.encoder(loaded.config.data)
   gates = np.asarray(jax.nn.sigmoid(model.blocks.attn.beta[...]))      # [layers, heads]
   result = {"checkpoint": loaded.checkpoint, "step": loaded.step, "gates": gates.tolist(),
-            "update_rule": cfg.update_rule, "lengths": []}
+            "update_rule": cfg.update_rule, "filler": runs.last(own, "filler"),
+            "filler_file": runs.last(own, "filler_file"), "lengths": []}
   print(f"key share of the memory read (median over {samples} prompts, key at the start), "
         f"step {loaded.step}, {cfg.update_rule} rule; gates sigmoid(beta) in brackets")
   for n in segments:
     length = n * cfg.segment_len
-    rows, spans = [], []
-    for i in range(samples):
-      ex = passkey_eval.prompt(encode, length, 0.0, digits, passkey.example_seed("eval", i))
-      rows.append(np.concatenate([ex["tokens"], ex["answer"][:-1]]))
-      spans.append(ex["key_sentence"])
+    examples = [passkey_eval.prompt(encode, length, 0.0, digits, passkey.example_seed("eval", i),
+                                    filler_text) for i in range(samples)]
+    rows = [np.concatenate([ex["tokens"], ex["answer"][:-1]]) for ex in examples]
+    spans = [ex["key_sentence"] for ex in examples]
+    cell = {"segments": n, "tokens": length}
     with loaded.sharded():
       share = np.median(key_share(model, np.stack(rows), spans), axis=0)   # [layers, heads]
-    result["lengths"].append({"segments": n, "tokens": length, "share": share.tolist()})
+      if "knockout" in own:
+        cell.update(answer_accuracy=answer_accuracy(model, examples, False),
+                    answer_accuracy_knockout=answer_accuracy(model, examples, True))
+    result["lengths"].append({**cell, "share": share.tolist()})
     cells = "  ".join(f"L{l}H{h} {share[l, h]:.2e} [{gates[l, h]:.2f}]"
                       for l in range(share.shape[0]) for h in range(share.shape[1]))
-    print(f"{n:5d} segments: {cells}")
+    answers = (f"  answer {cell['answer_accuracy']:.0%} / knock-out "
+               f"{cell['answer_accuracy_knockout']:.0%}" if "knockout" in own else "")
+    print(f"{n:5d} segments: {cells}{answers}")
   out = runs.last(own, "out") or os.path.join(runs.default_out(loaded.checkpoint),
                                                     "memory_probe.json")
   paths.write_text(out, json.dumps(result, indent=1))

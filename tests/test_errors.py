@@ -142,7 +142,7 @@ def _parse(*flags, files=(SMOKE,)):
      r"ModelConfig or MeshConfig\?$"),
     ("--gin.SEQLEN=3", r"no gin file defines the macro SEQLEN; did you mean SEQ_LEN\?$"),
     ("--gin.ModelConfig.memory='infinite'", r"ModelConfig.memory='infinite' is not one of "
-     r"infini, none$"),
+     r"infini, none, xl$"),
     ("--gin.ModelConfig.update_rule='hebbian'", r"update_rule='hebbian' is not one of linear, "
      r"delta$"),
     ("--gin.ModelConfig.num_layers=0", r"ModelConfig.num_layers=0 must be positive$"),

@@ -71,5 +71,5 @@ def test_entry_point_compares_with_the_baseline(tmp_path, capsys):
 
 def test_a_baseline_of_another_segment_length_is_refused(tmp_path):
   ours = save_run(tmp_path / "ours", "infini")
-  with pytest.raises(gin_flags.ConfigError, match="segment_len 16 differs from 64"):
+  with pytest.raises(gin_flags.ConfigError, match="segment_len 16 is not a multiple of the model.s 64"):
     eval_ppl.main(GIN + [f"--checkpoint={ours}", f"--baseline_checkpoint={ours}"])

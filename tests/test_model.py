@@ -177,7 +177,7 @@ def test_stack_unstack_round_trip():
 @pytest.mark.parametrize("kwargs, message", [
     (dict(d_model=30, num_heads=4), "d_model=30 is not divisible by num_heads=4"),
     (dict(num_heads=8, num_kv_heads=3), "num_heads=8 is not divisible by num_kv_heads=3"),
-    (dict(memory="mamba"), "memory='mamba' is not one of infini, none"),
+    (dict(memory="mamba"), "memory='mamba' is not one of infini, none, xl"),
     (dict(update_rule="hebb"), "update_rule='hebb'"),
     (dict(remat="all"), "remat='all'"),
     (dict(dtype="float16"), "dtype='float16'"),

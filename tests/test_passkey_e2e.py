@@ -4,7 +4,8 @@ Two segments of 256 bytes: the key sentence sits in the first (right after the i
 question at the end of the second, so local attention cannot see the key and only the compressive
 memory can carry it. The model trains with the real train step and optimizer for a few hundred
 steps, is saved as a checkpoint and scored by the ``eval_passkey`` entry point on evaluation keys
-it never saw. One-digit keys: a model that ignores the first segment scores 1/9 at best.
+it never saw. One-digit keys: a model that ignores the first segment scores 1/9 at best, and so
+does this one with its memory knocked out (``--knockout``).
 """
 
 import jax
@@ -58,7 +59,7 @@ def test_small_model_retrieves_a_key_from_the_previous_segment(tmp_path):
   result = eval_passkey.main([f"--gin_file={SMOKE}", f"--gin.SEGMENT_LEN={SEG}",
                               f"--gin.SEQ_LEN={2 * SEG}",
                               f"--checkpoint={tmp_path}", f"--lengths={2 * SEG}",
-                              "--depths=start", "--samples=45", "--digits=1",
+                              "--depths=start", "--samples=45", "--digits=1", "--knockout",
                               f"--out={tmp_path / 'eval'}"])
   cell = result["cells"][0]
   print(f"passkey e2e: accuracy {cell['accuracy']:.2f} (chance 0.11), loss per 25 steps "
@@ -66,4 +67,6 @@ def test_small_model_retrieves_a_key_from_the_previous_segment(tmp_path):
   assert cell["key_segment"] == 0 and cell["segments"] == 2   # the key is out of local reach
   # Chance is 1/9; the key sentence is in segment 1 and the question in segment 2.
   assert cell["accuracy"] >= 0.4, (cell, losses[::25])
+  # With its memory never written the model cannot see the key: back to chance.
+  assert result["knocked_out"]["cells"][0]["accuracy"] <= 0.3, result["knocked_out"]["cells"]
   assert losses[-20:].mean() < 0.5 * losses[:20].mean()

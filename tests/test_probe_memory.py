@@ -70,5 +70,11 @@ def test_entry_point_writes_a_share_per_length_layer_and_head(tmp_path):
   for cell in result["lengths"]:
     share = np.asarray(cell["share"])
     assert share.shape == (2, 4) and ((share > 0) & (share < 1)).all()
+  knocked = probe_memory.main(GIN + [f"--checkpoint={tmp_path}", "--segments=24", "--samples=2",
+                                     "--digits=2", "--filler=glaciers", "--knockout",
+                                     f"--out={out}"])
+  assert knocked["filler"] == "glaciers"
+  assert knocked["lengths"][0]["share"] != result["lengths"][0]["share"]   # another haystack
+  assert 0 <= knocked["lengths"][0]["answer_accuracy_knockout"] <= 1
   with pytest.raises(UserError, match="no memory to probe"):
     probe_memory.main(GIN + ["--gin.ModelConfig.memory='none'", f"--checkpoint={tmp_path}"])

@@ -19,6 +19,12 @@ Own flags (the rest are gin flags, as for the trainer):
                               config.gin next to --baseline_checkpoint, else the main gin files);
                               only its model and checkpoint are used, the data are the main run's
   --out=DIR                   where ppl.json goes (default RUN_DIR/eval, next to checkpoints/)
+  --knockout                  also read the same windows with the memory never written (it stays
+                              empty), printed beside each model ("NAME ko") and in the JSON
+                              (``knocked_out`` of each model)
+
+Each model's state per sequence (``evals.state``: infini M and z, xl one segment of K/V per layer,
+the segment's K/V cache) is printed and written as ``state_per_sequence``.
 """
 
 import json
@@ -27,10 +33,11 @@ import sys
 
 from infini_jax import paths
 from infini_jax.commands import gin_flags, runs
-from infini_jax.evals import ppl
+from infini_jax.evals import ppl, state
 
 FLAGS = ("checkpoint", "segments", "batch_size", "batches", "baseline_checkpoint",
          "baseline_gin_file", "out")
+SWITCHES = ("knockout",)
 
 
 def _baseline(argv, own, main_files):
@@ -49,7 +56,7 @@ def _baseline(argv, own, main_files):
 
 def main(argv=None) -> dict:
   argv = sys.argv[1:] if argv is None else argv
-  own, rest = runs.split_own_flags(argv, FLAGS)
+  own, rest = runs.split_own_flags(argv, FLAGS, SWITCHES)
   counts = {name: runs.parse_count(own[name][-1], f"--{name}") if name in own else default
             for name, default in (("segments", 32), ("batch_size", None), ("batches", None))}
   gin_flags.setup_logging()
@@ -61,22 +68,38 @@ def main(argv=None) -> dict:
   models = [loaded]
   baseline = _baseline(rest, own, main_files)
   if baseline is not None:
-    if baseline.model.cfg.segment_len != loaded.model.cfg.segment_len:
-      raise gin_flags.ConfigError(f"the baseline's segment_len {baseline.model.cfg.segment_len} differs "
-                            f"from {loaded.model.cfg.segment_len}: the buckets would not compare")
+    base_n, n = baseline.model.cfg.segment_len, loaded.model.cfg.segment_len
+    if base_n % n:
+      raise gin_flags.ConfigError(
+          f"the baseline's segment_len {base_n} is not a multiple of the model's {n}: the buckets "
+          f"are counted in the model's segments; give the model with the shorter segments first")
+    if data_cfg.seq_len % base_n:
+      raise gin_flags.ConfigError(
+          f"the window of {data_cfg.segments} segments does not hold whole segments of the "
+          f"baseline ({base_n} tokens); set --segments to a multiple of {base_n // n}")
     models.append(baseline)
   vocab_size = max(r.model.cfg.vocab_size for r in models)
   totals, batches = ppl.per_segment_sums(models, data_cfg, vocab_size, counts["batches"])
-  results = [dict(name=ppl.model_name(r.model, r.step), checkpoint=r.checkpoint, step=r.step,
+  knocked = (ppl.per_segment_sums(models, data_cfg, vocab_size, counts["batches"], knockout=True)[0]
+             if "knockout" in own else [None] * len(models))
+
+  def sums(t):
+    return dict(nll_per_segment=t["nll"].tolist(), tokens_per_segment=t["weight"].tolist(),
+                buckets=ppl.buckets(t["nll"], t["weight"]))
+
+  results = [dict(name=ppl.model_name(r.model, r.step, data_cfg.segment_len), checkpoint=r.checkpoint, step=r.step,
                   memory=r.model.cfg.memory, update_rule=r.model.cfg.update_rule,
-                  nll_per_segment=t["nll"].tolist(), tokens_per_segment=t["weight"].tolist(),
-                  buckets=ppl.buckets(t["nll"], t["weight"]))
-             for r, t in zip(models, totals)]
+                  segment_len=r.model.cfg.segment_len,
+                  state_per_sequence=state.state_per_sequence(r.model.cfg), **sums(t),
+                  knocked_out=None if k is None else sums(k))
+             for r, t, k in zip(models, totals, knocked)]
   report = dict(task=data_cfg.task, split="validation", segments=data_cfg.segments,
                 segment_len=data_cfg.segment_len, batches=batches, models=results)
   paths.write_text(os.path.join(out, "ppl.json"), json.dumps(report, indent=1))
   print(f"held-out perplexity per token by segment of the window ({data_cfg.task} validation, "
         f"{batches} batches of {data_cfg.batch_size} x {data_cfg.segments} segments of "
         f"{data_cfg.segment_len} tokens)\n{ppl.table(results)}", flush=True)
+  for r, result in zip(models, results):
+    print(f"state per sequence of {result['name']}: {state.describe(r.model.cfg)}", flush=True)
   print(f"wrote {os.path.join(out, 'ppl.json')}", flush=True)
   return report

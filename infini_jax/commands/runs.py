@@ -16,15 +16,21 @@ from infini_jax.evals import restore
 from infini_jax.run import RunConfig
 
 
-def split_own_flags(argv, names) -> tuple[dict, list]:
-  """Takes ``--NAME=VALUE`` for ``NAME`` in ``names`` off ``argv``: ({name: [values]}, rest).
+def split_own_flags(argv, names, switches=()) -> tuple[dict, list]:
+  """Takes ``--NAME=VALUE`` for ``NAME`` in ``names``, and ``--NAME`` for ``NAME`` in
+  ``switches``, off ``argv``: ({name: [values]}, rest); a switch's value is "true".
 
-  A flag may repeat (its values are kept in order); ``--NAME`` without a value is an error.
+  A flag may repeat (its values are kept in order); a flag without a value, or a switch with
+  one, is an error.
   """
   own, rest = {}, []
   for arg in argv:
     name, sep, value = arg[2:].partition("=") if arg.startswith("--") else ("", "", "")
-    if name in names:
+    if name in switches:
+      if sep:
+        raise gin_flags.ConfigError(f"{arg}: --{name} takes no value; write --{name} or leave it out")
+      own.setdefault(name, []).append("true")
+    elif name in names:
       if not sep:
         raise gin_flags.ConfigError(f"{arg}: expected --{name}=VALUE")
       own.setdefault(name, []).append(value)

@@ -24,7 +24,8 @@ def check_batch_shape(batch_size: int, seq_len: int, segment_len: int) -> None:
 class DataConfig:
   """What the trainer and the evaluations read.
 
-  task: a seqio task or mixture name. Built in: "shakespeare" (bundled), "local" (needs
+  task: a seqio task or mixture name. Built in: "shakespeare" (bundled), "pystdlib" (the Python
+    standard library's source files of 16 KB or more, see data/corpus.py), "local" (needs
     corpus_pattern), "pg19", "c4", "passkey", and "<corpus>_passkey" mixtures such as
     "shakespeare_passkey"; corpora added with `data.register_corpus` work the same way; any
     other name must already be in seqio's registries with "inputs", "targets" and "loss_mask"

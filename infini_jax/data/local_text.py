@@ -22,6 +22,9 @@ class LocalTextConfig(tfds.core.BuilderConfig):
   validation_files: tuple[str, ...] = ()
   validation_fraction: float = 0.05
   text_key: str = "text"
+  suffixes: tuple[str, ...] = text_files.SUFFIXES
+  min_bytes: int = 0
+  exclude_dirs: tuple[str, ...] = ()
 
 
 class LocalText(tfds.core.GeneratorBasedBuilder):
@@ -41,7 +44,8 @@ class LocalText(tfds.core.GeneratorBasedBuilder):
   def _split_generators(self, dl_manager):
     del dl_manager
     cfg = self.builder_config
-    files = text_files.list_files(cfg.pattern)
+    files = text_files.list_files(cfg.pattern, "corpus_pattern", cfg.suffixes, cfg.min_bytes,
+                                  cfg.exclude_dirs)
     ids = [doc_id for doc_id, _ in text_files.iter_documents(files, cfg.text_key)]
     val = text_files.validation_ids(ids, cfg.validation_files, cfg.validation_fraction)
     return {
@@ -56,16 +60,23 @@ class LocalText(tfds.core.GeneratorBasedBuilder):
 
 
 def make_config(pattern: str, name: str = "corpus", validation_files: Sequence[str] = (),
-                validation_fraction: float = 0.05, text_key: str = "text") -> LocalTextConfig:
-  """A config for the files at `pattern` (raises ValueError if there are none)."""
-  files = text_files.list_files(pattern)
+                validation_fraction: float = 0.05, text_key: str = "text",
+                suffixes: Sequence[str] = text_files.SUFFIXES, min_bytes: int = 0,
+                exclude_dirs: Sequence[str] = ()) -> LocalTextConfig:
+  """A config for the files at `pattern` (raises ValueError if there are none); ``suffixes``,
+  ``min_bytes``, ``exclude_dirs``: which files are read (``text_files.list_files``)."""
+  filters = (tuple(suffixes), min_bytes, tuple(exclude_dirs))
+  files = text_files.list_files(pattern, "corpus_pattern", *filters)
   settings = (tuple(validation_files), validation_fraction, text_key)
+  if filters != (text_files.SUFFIXES, 0, ()):   # the default keeps existing corpora's names
+    settings += filters
   return LocalTextConfig(
       name=f"{name}_{text_files.fingerprint(files, *settings)}",
       pattern=os.path.abspath(os.path.expanduser(pattern)),
       validation_files=tuple(validation_files),
       validation_fraction=validation_fraction,
-      text_key=text_key)
+      text_key=text_key,
+      suffixes=tuple(suffixes), min_bytes=min_bytes, exclude_dirs=tuple(exclude_dirs))
 
 
 def prepared_builder(config: LocalTextConfig, data_dir: str | None = None) -> LocalText:

@@ -196,7 +196,8 @@ def _corpus_source(name: str, cfg: DataConfig) -> seqio.DataSource:
     return _BuilderSource(lambda: tfds.builder(spec.tfds_name, data_dir=cfg.data_dir))
   # Listing the files now makes a missing or empty corpus fail at once, not at the first batch.
   config = local_text.make_config(corpus.pattern_of(name, cfg.corpus_pattern), name,
-                                  spec.validation_files, spec.validation_fraction, spec.text_key)
+                                  spec.validation_files, spec.validation_fraction, spec.text_key,
+                                  spec.suffixes, spec.min_bytes, spec.exclude_dirs)
   return _BuilderSource(lambda: local_text.prepared_builder(config, cfg.data_dir))
 
 

@@ -18,24 +18,34 @@ from infini_jax.errors import UserError
 SUFFIXES = (".txt", ".txt.gz", ".jsonl")
 
 
-def list_files(pattern: str, setting: str = "corpus_pattern") -> list[str]:
+def list_files(pattern: str, setting: str = "corpus_pattern", suffixes: Sequence[str] = SUFFIXES,
+               min_bytes: int = 0, exclude_dirs: Sequence[str] = ()) -> list[str]:
   """Sorted absolute paths of the text files in a folder (recursively) or matching a glob.
 
-  ``setting``: what the user set the pattern with, for the error messages.
+  ``setting``: what the user set the pattern with, for the error messages. ``suffixes``: the
+  file endings read (each file one document but for ``.jsonl``); ``min_bytes``: smaller files are
+  left out; ``exclude_dirs``: folders of these names are not entered (in a folder walk).
   """
   path = os.path.expanduser(pattern)
   if os.path.isdir(path):
-    found = [os.path.join(d, f) for d, _, fs in os.walk(path) for f in fs]
+    found = []
+    for d, subdirs, fs in os.walk(path):
+      subdirs[:] = sorted(s for s in subdirs if s not in exclude_dirs)
+      found += [os.path.join(d, f) for f in fs]
   else:
     found = glob.glob(path, recursive=True)
-  files = sorted(os.path.abspath(f) for f in found if f.endswith(SUFFIXES) and os.path.isfile(f))
+  files = sorted(os.path.abspath(f) for f in found
+                 if f.endswith(tuple(suffixes)) and os.path.isfile(f)
+                 and os.path.getsize(f) >= min_bytes)
   if not glob.has_magic(path) and not os.path.exists(path):
     raise UserError(f"corpus folder {pattern!r} does not exist; set {setting} to a folder or a "
                     "glob (e.g. '/data/books/*.txt') of .txt, .jsonl or .txt.gz files")
   if not files:
+    kinds = ".txt, .jsonl or .txt.gz" if tuple(suffixes) == SUFFIXES else " or ".join(suffixes)
+    size = f" of {min_bytes} bytes or more" if min_bytes else ""
     raise UserError(
-        f"no .txt, .jsonl or .txt.gz files found at {pattern!r}; set {setting} to a folder or a "
-        "glob (e.g. '/data/books/*.txt') of such files")
+        f"no {kinds} files{size} found at {pattern!r}; set {setting} to a folder or a glob (e.g. "
+        "'/data/books/*.txt') of such files")
   return files
 
 

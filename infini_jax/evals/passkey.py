@@ -25,11 +25,12 @@ def prompt(encode, length: int, depth: float, digits: int, seed: int, filler_tex
 
 
 def evaluate(model, encode, lengths, depths, samples: int, digits: int, filler_text=None,
-             batch_size: int = 16, chunk_segments: int = 16) -> dict:
+             batch_size: int = 16, chunk_segments: int = 16, knockout: bool = False) -> dict:
   """Accuracy per (length, depth) cell, the cells' details and every prompt's outcome.
 
-  ``depths``: (name, fraction) pairs. Returns a JSON-ready dict with ``accuracy`` as a
-  ``[lengths][depths]`` list of fractions.
+  ``depths``: (name, fraction) pairs. ``knockout``: the same prompts with the memory never written
+  (it stays empty), so only the local path can answer. Returns a JSON-ready dict with
+  ``accuracy`` as a ``[lengths][depths]`` list of fractions.
   """
   n = model.cfg.segment_len
   cells, examples = [], []
@@ -51,9 +52,9 @@ def evaluate(model, encode, lengths, depths, samples: int, digits: int, filler_t
     for batch in batches:
       group = [prompts[i][1] for i in batch]
       state, logits = streaming.stream_prefill(
-          model, np.stack([ex["tokens"] for ex in group]), chunk_segments)
+          model, np.stack([ex["tokens"] for ex in group]), chunk_segments, knockout)
       answers = np.stack([ex["answer"] for ex in group])
-      predicted, nll = streaming.score_continuation(model, state, logits, answers)
+      predicted, nll = streaming.score_continuation(model, state, logits, answers, knockout)
       for i, p, l, a in zip(batch, predicted, nll, answers):
         outcomes[i] = (p, l, a)
     seconds = time.perf_counter() - started
@@ -73,11 +74,11 @@ def evaluate(model, encode, lengths, depths, samples: int, digits: int, filler_t
       examples += [dict(length=length, depth=name, key=ex["key"], key_segment=ex["key_start"] // n,
                         predicted=p.tolist(), answer=a.tolist(), correct=c)
                    for (ex, (p, _, a)), c in zip(rows, correct)]
-    print(f"length {length}: " + " ".join(f"{name} {accuracy[li, di]:.0%}"
+    print(f"length {length}{' (knock-out)' if knockout else ''}: " + " ".join(f"{name} {accuracy[li, di]:.0%}"
                                           for di, (name, _) in enumerate(depths))
           + f" ({seconds:.1f} s)", flush=True)
   return dict(lengths=list(lengths), depths=[name for name, _ in depths],
-              fractions=[d for _, d in depths], samples=samples, digits=digits,
+              fractions=[d for _, d in depths], samples=samples, digits=digits, knockout=knockout,
               accuracy=accuracy.tolist(), cells=cells, examples=examples)
 
 
@@ -88,13 +89,19 @@ def _length_label(length: int) -> str:
   return str(length)
 
 
-def table(result: dict, segment_len: int) -> str:
-  """The accuracy table (percent), one row per length, one column per depth."""
+def table(result: dict, segment_len: int, knockout: dict | None = None) -> str:
+  """The accuracy table (percent), one row per length, one column per depth; with the
+  ``knockout`` result of the same prompts, each cell reads "normal/knock-out"."""
   depths = result["depths"]
-  lines = [f"{'length':>8} {'segments':>8} " + " ".join(f"{d:>7}" for d in depths)]
-  for length, row in zip(result["lengths"], result["accuracy"]):
-    lines.append(f"{_length_label(length):>8} {-(-length // segment_len):>8} "
-                 + " ".join(f"{100 * a:>6.0f}%" for a in row))
+  width = 9 if knockout else 7
+  lines = [f"{'length':>8} {'segments':>8} " + " ".join(f"{d:>{width}}" for d in depths)]
+  rows = result["accuracy"] if knockout is None else zip(result["accuracy"], knockout["accuracy"])
+  for length, row in zip(result["lengths"], rows):
+    cells = ([f"{100 * a:>6.0f}%" for a in row] if knockout is None
+             else [f"{f'{100 * a:.0f}/{100 * b:.0f}%':>9}" for a, b in zip(*row)])
+    lines.append(f"{_length_label(length):>8} {-(-length // segment_len):>8} " + " ".join(cells))
+  if knockout is not None:
+    lines.append("cells: accuracy % / with the memory knocked out (never written)")
   return "\n".join(lines)
 
 

@@ -5,12 +5,13 @@ import dataclasses
 import math
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from infini_jax import sharding
+from infini_jax import loss, sharding
 from infini_jax.inputs import make_pipeline
-from infini_jax.training import step
+from infini_jax.model.transformer import scan_segments
 
 # (name, first segment, last segment or None), 1-based and inclusive.
 BUCKETS = (("1", 1, 1), ("2-4", 2, 4), ("5-16", 5, 16), ("17+", 17, None))
@@ -26,10 +27,38 @@ def held_out_data(data_cfg, segments: int, batch_size: int | None):
   return dataclasses.replace(data_cfg, **changes)
 
 
-def per_segment_sums(runs, data_cfg, vocab_size: int, max_batches: int | None):
+def bucket_sums(model, batch, bucket_len: int, write_weight=None) -> dict:
+  """Sums ``{"nll", "z", "weight"}`` of the masked NLL per run of ``bucket_len`` positions
+  ``[seq / bucket_len]``, for a model whose segments are ``bucket_len`` or a multiple of it (e.g.
+  full attention, one segment as long as the input, counted in the other models' segments).
+
+  ``batch``: inputs, targets, loss_mask ``[batch, seq]``; ``write_weight``: as in
+  ``scan_segments``.
+  """
+  n = model.cfg.segment_len
+  if n % bucket_len:
+    raise ValueError(f"segment_len {n} is not a multiple of the bucket length {bucket_len}")
+
+  def head(model, h, extras):
+    def buckets(x):   # [b, n, ...] -> [n / bucket_len, b, bucket_len, ...]
+      return x.reshape(x.shape[0], n // bucket_len, bucket_len, *x.shape[2:]).swapaxes(0, 1)
+    w = model.unembedding()
+    return jax.vmap(lambda h, t, m: loss.cross_entropy_sums(h, w, t, m))(
+        *map(buckets, (h, *extras)))
+
+  outputs, _ = scan_segments(model, batch["inputs"], None, head,
+                             (batch["targets"], batch["loss_mask"]), write_weight)
+  return jax.tree.map(lambda x: x.reshape(-1), outputs)   # [segments, per segment] -> buckets
+
+
+def per_segment_sums(runs, data_cfg, vocab_size: int, max_batches: int | None,
+                     knockout: bool = False):
   """Summed NLL and token counts ``[segments]`` of every run's model over the same held-out batches.
 
   ``runs``: :class:`restore.Loaded`; each model reads the batches sharded over its own mesh.
+  Segments are ``data_cfg.segment_len`` tokens, whatever a model's own (a multiple of it).
+  ``knockout``: the memory is never written (every token's write weight is 0, so it stays empty
+  and its read is 0; ``memory="xl"`` hands nothing to the next segment).
   """
   fns = []
   for run in runs:
@@ -37,8 +66,11 @@ def per_segment_sums(runs, data_cfg, vocab_size: int, max_batches: int | None):
     batch_sharding = sharding.named_sharding(
         run.mesh, (data_cfg.batch_size, 1), ("batch", "seq"), run.rules,
         "the evaluation batch (--batch_size, default the run's)")
-    loss = jax.jit(lambda p, b, g=graphdef: step.loss_sums(nnx.merge(g, p), b),
-                   out_shardings=sharding.replicated(run.mesh))
+    def sums(params, batch, graphdef=graphdef):
+      never = jnp.zeros(batch["inputs"].shape, jnp.float32) if knockout else None
+      return bucket_sums(nnx.merge(graphdef, params), batch, data_cfg.segment_len, never)
+
+    loss = jax.jit(sums, out_shardings=sharding.replicated(run.mesh))
     fns.append((loss, params, batch_sharding))
   pipeline = make_pipeline(data_cfg, "validation", vocab_size)
   totals = [{"nll": 0.0, "weight": 0.0} for _ in runs]
@@ -76,11 +108,17 @@ def buckets(nll, weight) -> dict:
 
 
 def table(results: list) -> str:
-  """Buckets as rows, one perplexity column per model."""
-  names = [r["name"] for r in results]
+  """Buckets as rows, one perplexity column per model (and per knocked-out model, where a result
+  has ``knocked_out`` buckets)."""
+  columns = []
+  for r in results:
+    columns.append((r["name"], r["buckets"]))
+    if r.get("knocked_out"):
+      columns.append((r["name"] + " ko", r["knocked_out"]["buckets"]))
+  names = [name for name, _ in columns]
   lines = [f"{'segments':>9} {'tokens':>10} " + " ".join(f"{n:>16}" for n in names)]
   for bucket in [b[0] for b in BUCKETS] + ["all"]:
-    cells = [r["buckets"][bucket] for r in results]
+    cells = [column[bucket] for _, column in columns]
     if all(c is None for c in cells):
       continue
     tokens = next(c["tokens"] for c in cells if c is not None)
@@ -89,7 +127,11 @@ def table(results: list) -> str:
   return "\n".join(lines)
 
 
-def model_name(model, step_number: int) -> str:
+def model_name(model, step_number: int, segment_len: int | None = None) -> str:
+  """E.g. "infini/linear@1000", "xl@1000"; "none/seg2048@1000" for a model whose segments are
+  not ``segment_len`` long (full attention beside a model of shorter segments)."""
   cfg = model.cfg
-  memory = "none" if cfg.memory == "none" else f"{cfg.memory}/{cfg.update_rule}"
+  memory = f"{cfg.memory}/{cfg.update_rule}" if cfg.memory == "infini" else cfg.memory
+  if segment_len is not None and cfg.segment_len != segment_len:
+    memory += f"/seg{cfg.segment_len}"
   return f"{memory}@{step_number}"

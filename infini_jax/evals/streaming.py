@@ -13,11 +13,12 @@ import numpy as np
 from infini_jax import decode
 
 
-def stream_prefill(model, tokens, chunk_segments: int = 16):
+def stream_prefill(model, tokens, chunk_segments: int = 16, knockout: bool = False):
   """``decode.prefill`` over ``tokens [batch, length]`` in chunks of ``chunk_segments`` segments.
 
   Every chunk has the same shape (the last one is padded and given its true length), so one
   compiled program serves any length, and no array grows with it but the host's token ids.
+  ``knockout``: the memory is never written (it stays empty; ``decode.prefill``).
   Returns (decode state, float32 logits ``[batch, vocab]`` at the last token).
   """
   tokens = np.asarray(tokens, np.int32)
@@ -30,7 +31,8 @@ def stream_prefill(model, tokens, chunk_segments: int = 16):
     real = piece.shape[1]
     if real < chunk:
       piece = np.pad(piece, ((0, 0), (0, chunk - real)))
-    state, logits = decode.prefill(model, piece, np.full((batch,), real, np.int32), state)
+    state, logits = decode.prefill(model, piece, np.full((batch,), real, np.int32), state,
+                                   knockout)
   return state, logits
 
 
@@ -41,12 +43,13 @@ def _score(logits, token):
   return jnp.argmax(logits, axis=-1).astype(jnp.int32), nll
 
 
-def score_continuation(model, state, logits, continuation):
+def score_continuation(model, state, logits, continuation, knockout: bool = False):
   """Teacher-forces ``continuation [batch, m]`` after a prefill.
 
   Returns numpy (predicted ``[batch, m]``: the argmax at each position given the true tokens
   before it, nll ``[batch, m]``). The greedy continuation equals ``continuation`` exactly when
   every prediction is right, so ``(predicted == continuation).all(-1)`` is greedy correctness.
+  ``knockout``: as in :func:`stream_prefill`.
   """
   continuation = np.asarray(continuation, np.int32)
   predicted, nll = [], []
@@ -56,5 +59,5 @@ def score_continuation(model, state, logits, continuation):
     predicted.append(p)
     nll.append(n)
     if t + 1 < continuation.shape[1]:
-      logits, state = decode.decode_step(model, state, token)
+      logits, state = decode.decode_step(model, state, token, knockout)
   return np.stack(jax.device_get(predicted), 1), np.stack(jax.device_get(nll), 1)

@@ -18,8 +18,9 @@ from flax import nnx
 from jax.experimental.pallas.ops.tpu import splash_attention as splash
 
 from infini_jax import memory as mem
+from infini_jax.model import xl
 from infini_jax.model.config import ModelConfig
-from infini_jax.model.layers import fan_in_init, param, rope
+from infini_jax.model.layers import fan_in_init, masked_attention, param, rope
 from infini_jax.sharding import constrain, logical_to_spec
 
 # Splash tiles (query and key/value, forward and backward), largest first: the first that divides
@@ -112,15 +113,9 @@ def attend_up_to(q: jax.Array, k: jax.Array, v: jax.Array, positions: jax.Array)
   head h uses key/value head ``h // group``. Scores and softmax in float32. With ``positions =
   0..n-1`` it is the local attention's reference; decoding passes each new token's place.
   """
-  b, t, heads, d = q.shape
-  kv_heads = k.shape[2]
-  q = q.reshape(b, t, kv_heads, heads // kv_heads, d)
-  scores = jnp.einsum("btkgd,bnkd->bkgtn", q, k, preferred_element_type=jnp.float32)
-  scores = scores / jnp.sqrt(jnp.float32(d))
+  b, t = q.shape[:2]
   visible = jnp.arange(k.shape[1]) <= jnp.broadcast_to(positions, (b, t))[..., None]   # [b, t, n]
-  weights = jax.nn.softmax(jnp.where(visible[:, None, None], scores, -jnp.inf), axis=-1)
-  out = jnp.einsum("bkgtn,bnkd->btkgd", weights.astype(v.dtype), v)
-  return out.reshape(b, t, heads, d)
+  return masked_attention(q, k, v, visible)
 
 
 def retrieve_grouped(memory: mem.Memory, q: jax.Array) -> jax.Array:
@@ -209,7 +204,9 @@ class InfiniAttention(nnx.Module):
 
     Training passes no ``cache``: ``x`` is a whole segment (t = segment_len), attended to causally
     and written into the memory, each token weighted by ``write_weight [b, t]`` (None: ones; see
-    ``memory.update``).
+    ``memory.update``; with ``memory="xl"``, tokens of weight 0 are not handed to the next
+    segment). The memory is a ``memory.Memory`` (infini), an ``xl.PrevSegment`` (xl) or None
+    (none).
 
     Decoding passes the current segment's ``cache`` and ``pos [b]``, the place in the segment of
     ``x``'s first token, and gets ``(out, memory, cache)`` back: ``x`` attends to the cache and to
@@ -221,6 +218,9 @@ class InfiniAttention(nnx.Module):
     """
     cfg = self.cfg
     q, k, v = self.project(x)
+    if cfg.memory == "xl":   # decoding refuses xl models (decode.init_state)
+      attended, memory = xl.xl_attention(q, k, v, memory, self.rotate, write_weight)
+      return self.output(attended, q, None), memory
     if cache is None or x.shape[1] == cfg.segment_len:
       # RoPE on the local path only: the memory reads and writes the un-rotated q, k.
       local = local_attention(self.rotate(q), self.rotate(k), v, cfg.attention_impl)

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 
 from infini_jax.errors import UserError
 
-MEMORY_KINDS = ("infini", "none")
+MEMORY_KINDS = ("infini", "none", "xl")
 REMAT_POLICIES = ("segment", "segment_and_layer", "none")
 ATTENTION_IMPLS = ("auto", "xla", "cudnn", "splash", "reference")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -24,7 +24,10 @@ class ModelConfig:
       ``num_heads // num_kv_heads`` to a key/value head (GQA).
     head_dim: per-head size; None means ``d_model // num_heads``.
     segment_len: tokens per segment N; the local attention sees one segment, the memory the rest.
-    memory: "infini" (Infini-attention) or "none" (local-only baseline: same parameters minus beta).
+    memory: "infini" (Infini-attention), "none" (local-only baseline: same parameters minus beta;
+      with segment_len equal to the sequence length it is full causal attention), or "xl"
+      (Transformer-XL: each layer also attends to the previous segment's keys and values, with no
+      gradient into them; same parameters as "none", see ``model/xl.py``).
     update_rule: "linear" (eq. 8) or "delta" (eq. 9).
     dtype: compute dtype, "float32" or "bfloat16"; parameters and the memory stay float32.
     gate_init: initial value of every gate beta (sigmoid(beta) is the weight of the memory read).
@@ -116,8 +119,14 @@ class ModelConfig:
     return seq_len // self.segment_len
 
   def memory_state_size(self) -> int:
-    """Numbers in the compressive memory of one sequence: d_key x (d_value + 1) x H_kv x L."""
-    if self.memory == "none":
-      return 0
-    d = self.dim_per_head
-    return d * (d + 1) * self.num_kv_heads * self.num_layers
+    """Numbers carried from one segment to the next, per sequence.
+
+    infini: M and z, d_key x (d_value + 1) x H_kv x L; xl: one segment of keys and values,
+    2 x N x H_kv x d x L; none: 0.
+    """
+    d, per_layer = self.dim_per_head, self.num_kv_heads * self.num_layers
+    if self.memory == "infini":
+      return d * (d + 1) * per_layer
+    if self.memory == "xl":
+      return 2 * self.segment_len * d * per_layer
+    return 0

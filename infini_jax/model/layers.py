@@ -106,3 +106,19 @@ def rope(x: jax.Array, theta: float, positions: jax.Array | None = None,
   half = head_dim // 2
   rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], axis=-1)
   return (x32 * jnp.cos(angles) + rotated * jnp.sin(angles)).astype(x.dtype)
+
+
+def masked_attention(q: jax.Array, k: jax.Array, v: jax.Array, visible: jax.Array) -> jax.Array:
+  """Softmax attention with grouped key/value heads under a mask (scores and softmax in float32).
+
+  ``q [b, t, heads, d]``, ``k, v [b, s, kv_heads, d]``, ``visible [b, t, s]`` bool (every query
+  sees at least one key) -> ``[b, t, heads, d]``; query head h reads key/value head ``h // G``.
+  """
+  b, t, heads, d = q.shape
+  kv_heads = k.shape[2]
+  q = q.reshape(b, t, kv_heads, heads // kv_heads, d)
+  scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
+  scores = scores / jnp.sqrt(jnp.float32(d))
+  weights = jax.nn.softmax(jnp.where(visible[:, None, None], scores, -jnp.inf), axis=-1)
+  out = jnp.einsum("bkgts,bskd->btkgd", weights.astype(v.dtype), v)
+  return out.reshape(b, t, heads, d)

@@ -5,8 +5,8 @@ state. Inside one segment step the layer stack runs as a second scan over stacke
 so compile time depends neither on the number of segments nor on depth.
 
 Memory formats: callers see a tuple with one :class:`memory.Memory` per layer (``()`` for the
-``memory="none"`` baseline); inside the scans it is one ``Memory`` whose arrays have a leading
-``layers`` axis.
+``memory="none"`` baseline, one ``xl.PrevSegment`` per layer for ``memory="xl"``); inside the scans
+it is one such tuple whose arrays have a leading ``layers`` axis.
 """
 
 from typing import Any, Callable
@@ -17,6 +17,7 @@ from flax import nnx
 
 from infini_jax import loss
 from infini_jax import memory as mem
+from infini_jax.model import xl
 from infini_jax.model.attention import InfiniAttention, KVCache
 from infini_jax.model.config import ModelConfig
 from infini_jax.model.layers import Embed, RMSNorm, SwiGLU, fan_in_init, param
@@ -76,11 +77,15 @@ class InfiniTransformer(nnx.Module):
       self.unembed = param(rngs, fan_in_init(1), (cfg.d_model, cfg.vocab_size), ("embed", "vocab"))
 
   def init_memory(self, batch: int) -> LayerMemories:
-    """An empty memory for every layer: a tuple of ``num_layers`` float32 :class:`Memory`."""
+    """An empty memory for every layer: a tuple of ``num_layers`` float32 :class:`Memory`
+    (``xl.PrevSegment`` in the compute dtype for ``memory="xl"``)."""
     cfg = self.cfg
     if cfg.memory == "none":
       return ()
     d = cfg.dim_per_head
+    if cfg.memory == "xl":
+      return tuple(xl.init_prev(batch, cfg.segment_len, cfg.num_kv_heads, d, cfg.compute_dtype)
+                   for _ in range(cfg.num_layers))
     return tuple(mem.init_memory(batch, cfg.num_kv_heads, d, d) for _ in range(cfg.num_layers))
 
   def unembedding(self) -> jax.Array:
@@ -131,17 +136,23 @@ def unstack_layers(memory: mem.Memory | None) -> LayerMemories:
   """Inverse of :func:`stack_layers`."""
   if memory is None:
     return ()
-  return tuple(mem.Memory(M, z) for M, z in zip(memory.M, memory.z))
+  layers = jax.tree.leaves(memory)[0].shape[0]
+  return tuple(jax.tree.map(lambda x, i=i: x[i], memory) for i in range(layers))
 
 
 def constrain_memory(memory: mem.Memory | None) -> mem.Memory | None:
-  """The stacked memory constrained by logical names, like the batch and the key/value heads.
+  """The stacked memory constrained by logical names, like the batch and the key/value heads
+  (an ``xl.PrevSegment``'s k, v ``[layers, batch, seq, kv_heads, head_dim]`` likewise).
 
   ``M [layers, batch, kv_heads, d_key, d_value]``, ``z [layers, batch, kv_heads, d_key]``: each
   device carries the memory of its own rows (and heads) from segment to segment.
   """
   if memory is None:
     return None
+  if isinstance(memory, xl.PrevSegment):
+    kv = ("layers", "batch", "seq", "kv_heads", "head_dim")
+    return xl.PrevSegment(constrain(memory.k, kv), constrain(memory.v, kv),
+                          constrain(memory.written, ("layers", "batch", "seq")))
   return mem.Memory(M=constrain(memory.M, ("layers", "batch", "kv_heads", "head_dim", None)),
                     z=constrain(memory.z, ("layers", "batch", "kv_heads", "head_dim")))
 

@@ -1,0 +1,56 @@
+"""Transformer-XL attention (Dai et al. 2019), the paper's Table 2 baseline: ``memory="xl"``.
+
+Each layer attends causally inside its segment and, in full, to the previous segment's keys and
+values, which come through the segment scan's carry and take no gradient (``stop_gradient``).
+RoPE is relative, so the previous segment's keys sit at positions ``-N..-1`` of the current one:
+here both segments are rotated together at ``0..2N-1`` and the queries at ``N..2N-1``.
+
+Shapes: ``q [batch, n, heads, d]``; ``k, v [batch, n, kv_heads, d]``; the carried state holds the
+previous segment's un-rotated ``k, v`` and ``written [batch, n]``: which of its tokens may be
+attended to (all False for an empty state, and for tokens written with weight 0).
+
+The attention is a plain masked softmax (XLA) whatever ``ModelConfig.attention_impl`` says: the
+baseline is for comparisons at small scale, not for speed.
+"""
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from infini_jax.model.layers import masked_attention
+
+
+class PrevSegment(NamedTuple):
+  """One layer's carry: the previous segment's raw ``k, v [batch, n, kv_heads, d]`` and
+  ``written [batch, n]`` bool (False: never attended to)."""
+
+  k: jax.Array
+  v: jax.Array
+  written: jax.Array
+
+
+def init_prev(batch: int, segment_len: int, kv_heads: int, head_dim: int, dtype) -> PrevSegment:
+  """An empty previous segment: nothing written."""
+  zeros = jnp.zeros((batch, segment_len, kv_heads, head_dim), dtype)
+  return PrevSegment(zeros, zeros, jnp.zeros((batch, segment_len), bool))
+
+
+def xl_attention(q: jax.Array, k: jax.Array, v: jax.Array, prev: PrevSegment, rotate,
+                 write_weight: jax.Array | None = None):
+  """One segment's XL attention and the state handed to the next segment.
+
+  ``q, k, v``: this segment's raw projections; ``prev``: the carry; ``rotate(x, positions)``:
+  RoPE. ``write_weight [b, n]`` (None: ones): tokens of weight 0 are not handed on (a knock-out
+  writes nothing). Returns (``[b, n, heads, d]``, the next :class:`PrevSegment`).
+  """
+  b, n = q.shape[:2]
+  keys = jnp.concatenate([jax.lax.stop_gradient(prev.k).astype(k.dtype), k], axis=1)
+  values = jnp.concatenate([jax.lax.stop_gradient(prev.v).astype(v.dtype), v], axis=1)
+  positions = jnp.arange(2 * n)
+  causal = positions[None, :] <= positions[n:, None]                     # [n, 2n]
+  written = jnp.concatenate([prev.written, jnp.ones((b, n), bool)], axis=1)
+  out = masked_attention(rotate(q, positions[n:]), rotate(keys, positions), values,
+               causal[None] & written[:, None, :])
+  handed_on = jnp.ones((b, n), bool) if write_weight is None else write_weight > 0
+  return out, PrevSegment(k, v, handed_on)

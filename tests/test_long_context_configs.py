@@ -1,0 +1,42 @@
+"""configs/long_context: five models per corpus at equal parameters (within 1%) and tokens."""
+
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from infini_jax.commands import runs
+from infini_jax.evals import state
+from infini_jax.training import step
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODELS = ("infini_linear", "infini_delta", "none", "xl", "full")
+
+
+def parameters(cfg) -> int:
+  _, abstract = step.abstract_model(cfg)
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract))
+
+
+@pytest.mark.parametrize("corpus", ["shakespeare", "pystdlib"])
+def test_five_models_of_a_corpus_match_in_parameters_and_tokens(corpus):
+  configs = {m: runs.parse_gin([f"--gin_file={ROOT}/configs/long_context/{corpus}/{m}.gin"])
+             for m in MODELS}
+  kinds = {m: (c.model.memory, c.model.update_rule) for m, c in configs.items()}
+  assert kinds["infini_linear"] == ("infini", "linear") and kinds["infini_delta"] == ("infini", "delta")
+  assert [kinds[m][0] for m in ("none", "xl", "full")] == ["none", "xl", "none"]
+  counts = {m: parameters(c.model) for m, c in configs.items()}
+  assert max(counts.values()) <= 1.01 * min(counts.values()), counts
+  tokens = {m: c.steps * c.data.batch_size * c.data.seq_len for m, c in configs.items()}
+  assert len(set(tokens.values())) == 1, tokens
+  for m, c in configs.items():
+    assert c.data.task == corpus and c.data.vocabulary == "byte"
+    assert (c.model.num_layers, c.model.d_model) == (4, 256)
+    assert c.model_dir.endswith(f"long_context/{corpus}/{m}")
+    segments = c.data.seq_len // 128
+    assert 8 <= segments <= 16 and c.model.segment_len == (c.data.seq_len if m == "full" else 128)
+  # The state each keeps per sequence: M and z < one segment's K/V (xl) < the whole cache (full).
+  carried = {m: state.state_per_sequence(c.model)["carried"]["bytes"] for m, c in configs.items()}
+  cache = state.state_per_sequence(configs["full"].model)["cache"]["bytes"]
+  assert carried["none"] == 0 < carried["infini_linear"] < carried["xl"] < cache
