@@ -54,11 +54,16 @@ class _SplitShardedSource(seqio.DataSource):
 
 
 class _BuilderSource(_SplitShardedSource):
-  """Documents of a TFDS builder made on first use; a host's shard is an even split of a split."""
+  """Documents of a TFDS builder made on first use; a host's shard is an even split of a split.
 
-  def __init__(self, make_builder, splits=("train", "validation")):
+  ``fingerprint`` names the documents (for local files: their paths, sizes and times), so that
+  examples prepared from other documents are never read as these (prepare.py).
+  """
+
+  def __init__(self, make_builder, fingerprint: str, splits=("train", "validation")):
     self._make_builder = make_builder
     self._builder = None
+    self.fingerprint = fingerprint
     super().__init__(splits=splits, caching_permitted=False)
 
   def num_input_examples(self, split):
@@ -87,6 +92,10 @@ class _PasskeySource(_SplitShardedSource):
   def num_input_examples(self, split):
     return self._num_input_examples.get(split)  # train: endless
 
+  def example(self, split: str, index: int) -> dict:
+    """Example ``index`` of ``split`` (its own length, unpadded), from its seed alone."""
+    return self._make_example(passkey.example_seed(split, int(index)))
+
   def get_dataset(self, split="train", shuffle=True, seed=None, shard_info=None, *,
                   sequence_length=None, use_cached=False, num_epochs=1):
     del shuffle, seed, sequence_length, use_cached, num_epochs  # examples are random already
@@ -94,7 +103,7 @@ class _PasskeySource(_SplitShardedSource):
     stop = 2**62 if split == "train" else self._num_input_examples["validation"]
 
     def make(i):
-      ex = self._make_example(passkey.example_seed(split, int(i)))
+      ex = self.example(split, i)
       return tuple(ex[k] for k in FEATURES)
 
     def to_dict(i):
@@ -193,11 +202,13 @@ def _variant(base: str, cfg: DataConfig, fields, extra=()) -> str:
 def _corpus_source(name: str, cfg: DataConfig) -> seqio.DataSource:
   spec = corpus.CORPORA[name]
   if spec.tfds_name:
-    return _BuilderSource(lambda: tfds.builder(spec.tfds_name, data_dir=cfg.data_dir))
+    return _BuilderSource(lambda: tfds.builder(spec.tfds_name, data_dir=cfg.data_dir),
+                          f"tfds:{spec.tfds_name}")
   # Listing the files now makes a missing or empty corpus fail at once, not at the first batch.
   config = local_text.make_config(corpus.pattern_of(name, cfg.corpus_pattern), name,
                                   spec.validation_files, spec.validation_fraction, spec.text_key)
-  return _BuilderSource(lambda: local_text.prepared_builder(config, cfg.data_dir))
+  return _BuilderSource(lambda: local_text.prepared_builder(config, cfg.data_dir),
+                        f"local_text:{config.name}")
 
 
 def _register_corpus_task(name: str, cfg: DataConfig) -> str:
