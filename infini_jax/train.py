@@ -15,6 +15,7 @@ import jax
 import numpy as np
 
 from infini_jax import checkpoint, distributed, divergence, flops, optim, paths, sharding, step
+from infini_jax.data import state as data_state
 from infini_jax.errors import UserError
 from infini_jax.inputs import make_pipeline
 from infini_jax.model import ModelConfig
@@ -88,7 +89,7 @@ def train(*, model: ModelConfig, optimizer: optim.OptimizerConfig, data, model_d
     restored = ckpt.restore(fns.abstract_state)
     if restored is not None:
       start, state, position = restored
-      log.info("resuming from step %d (data position %d)", start, position)
+      log.info("resuming from step %d (input state %s)", start, position)
     else:
       start, position = 0, 0
       if init_from:
@@ -117,7 +118,7 @@ def train(*, model: ModelConfig, optimizer: optim.OptimizerConfig, data, model_d
           problem = _judge(guard, progress, *pending, log_every, steps, last)
           pending = None
           if problem is None:
-            ckpt.save(done, state, pipeline.position, force=True)
+            ckpt.save(done, state, pipeline.state(), force=True)
         if problem is not None:
           at_step, reason = problem
           if on_divergence == "stop" or rewinds >= max_rewinds:
@@ -174,7 +175,7 @@ def _rewind(ckpt: checkpoint.Checkpointer, fns: step.StepFns, pipeline, progress
                               f"nothing to rewind to. Lower the learning rate, or save earlier "
                               f"with train.checkpoint_every")
   good_step, state, position = restored
-  skipped = pipeline.position - position
+  skipped = pipeline.position - data_state.position_of(position, pipeline.cfg.batch_size)
   log.warning("rewind %d: step %d diverged (%s); back to step %d, skipping the %d batches "
               "consumed since", count, at_step, reason, good_step, skipped)
   progress.log_event(at_step, event="rewind", reason=reason, to_step=good_step,

@@ -12,6 +12,7 @@ Nothing here knows processes: pipeline.py gives each process its rows of each gl
 
 from __future__ import annotations
 
+from infini_jax.data import quiet_tf  # noqa: F401, I001  (first: a quiet TensorFlow import)
 import grain
 import numpy as np
 import seqio

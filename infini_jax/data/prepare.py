@@ -12,6 +12,8 @@ Where: ``<records_dir>/<task>/L<seq_len>-<hash of the documents' fingerprint>/<s
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import logging
 import multiprocessing
@@ -87,13 +89,33 @@ def prepare(cfg: DataConfig, task: str, split: str, shards: int = 1, workers: in
   ``shards`` > 1 splits the documents into that many shards (seqio.ShardInfo), written by
   ``workers`` processes. The shards and their order are part of the data: prepare with the same
   number again to get the same examples. Several processes may prepare the same split at once:
-  each writes a folder of its own and the first to finish renames it into place.
+  the processes of a host wait for each other (a file lock); processes on hosts that share the
+  folder without working locks each write a folder of their own, and the first to finish renames
+  it into place.
   """
   folder = split_dir(cfg, task, split)
   info = records.read_info(folder)
   if info is not None and not overwrite:
     return info
   os.makedirs(os.path.dirname(folder), exist_ok=True)
+  with _lock(folder + ".lock"):   # the processes of one host prepare it once, one after another
+    info = records.read_info(folder)
+    if info is not None and not overwrite:
+      return info
+    return _prepare(cfg, task, split, folder, shards, workers, overwrite)
+
+
+@contextlib.contextmanager
+def _lock(path: str):
+  with open(path, "a") as f:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _prepare(cfg, task, split, folder, shards, workers, overwrite) -> dict:
   scratch = f"{folder}.tmp-{uuid.uuid4().hex[:8]}"
   os.makedirs(scratch)
   extra = {k: v for k, v in corpus.CORPORA.items() if k not in corpus.BUILT_IN}
@@ -101,6 +123,9 @@ def prepare(cfg: DataConfig, task: str, split: str, shards: int = 1, workers: in
   start = time.perf_counter()
   try:
     if workers > 1:
+      source = seqio.get_mixture_or_task(task).source
+      if hasattr(source, "ready"):
+        source.ready()   # one build of the documents, not one per worker
       with multiprocessing.get_context("spawn").Pool(min(workers, shards)) as pool:
         done = pool.map(_write_shard, jobs)
     else:

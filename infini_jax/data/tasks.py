@@ -69,11 +69,16 @@ class _BuilderSource(_SplitShardedSource):
   def num_input_examples(self, split):
     return None
 
+  def ready(self):
+    """Builds the TFDS dataset now if it is not on disk (before processes that share it start)."""
+    if self._builder is None:
+      self._builder = self._make_builder()
+    return self._builder
+
   def get_dataset(self, split="train", shuffle=True, seed=None, shard_info=None, *,
                   sequence_length=None, use_cached=False, num_epochs=1):
     del sequence_length, use_cached, num_epochs
-    if self._builder is None:
-      self._builder = self._make_builder()
+    self.ready()
     if shard_info and shard_info.num_shards > 1:
       split = tfds.even_splits(split, shard_info.num_shards)[shard_info.index]
     ds = self._builder.as_dataset(split=split, shuffle_files=shuffle,
