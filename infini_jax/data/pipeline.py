@@ -16,6 +16,7 @@ import logging
 
 import grain
 import numpy as np
+from absl import flags
 
 from infini_jax.data import examples as examples_lib
 from infini_jax.data import state as state_lib
@@ -88,6 +89,8 @@ class Pipeline:
     ds = mine.to_iter_dataset(grain.ReadOptions(num_threads=threads,
                                                 prefetch_buffer_size=2 * threads))
     if self.cfg.read_workers:
+      if not flags.FLAGS.is_parsed():   # grain's workers read absl flags; gin is our command line
+        flags.FLAGS.mark_as_parsed()
       ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=self.cfg.read_workers))
     self._iterator = iter(ds)
 
