@@ -10,7 +10,9 @@ works with `tokenizers`, cached under --cache):
 - read: tokens/s of the training pipeline (records -> batches [batch, seq_len]) with 1 and 2
   reader threads and with 1 and 2 worker processes.
 - resume: seconds from building the pipeline at a position (global batches consumed) to holding
-  its first batch, at 0, 10K, 100K and 1M; the median of --repeats.
+  its first batch, at 0, 10K, 100K and 1M; the median and least of --repeats.
+And the design not taken: a tf.data iterator checkpoint of the shuffled seqio pipeline (T5X's),
+its size per host and its save and restore time.
 """
 
 from __future__ import annotations
@@ -72,16 +74,49 @@ def read_rate(cfg, batches: int) -> dict:
           "tokens_per_s": tokens / seconds, "batches": batches}
 
 
-def first_batch_seconds(cfg, position: int, repeats: int) -> float:
+def first_batch_seconds(cfg, position: int, repeats: int) -> dict:
   from infini_jax import data
+  from infini_jax.data import state
+  saved = state.make(position, cfg.batch_size)   # what a checkpoint holds
   times = []
   for _ in range(repeats):
     start = time.perf_counter()
-    pipe = data.build_pipeline(cfg, start_position=position)
+    pipe = data.build_pipeline(cfg, start_position=saved)
     pipe.next_local()
     times.append(time.perf_counter() - start)
     pipe.close()
-  return statistics.median(times)
+  return {"median": statistics.median(times), "min": min(times)}
+
+
+def tfdata_checkpoint(cfg, batches: int) -> dict:
+  """The other design (T5X's): the shuffled seqio tf.data pipeline of one host, its iterator
+  saved with tf.train.Checkpoint after ``batches`` batches; bytes on disk, save and restore
+  seconds (restore: to the first batch)."""
+  import tempfile
+  import seqio
+  import tensorflow as tf
+  from infini_jax.data import tasks
+  task = tasks.task_name(cfg)
+  features = seqio.get_mixture_or_task(task).output_features
+  ds = seqio.get_dataset(
+      mixture_or_task_name=task, task_feature_lengths={k: cfg.seq_len for k in features},
+      feature_converter=seqio.PassThroughFeatureConverter(), dataset_split="train", shuffle=True,
+      num_epochs=None, seed=0, use_cached=False, verbose=False)
+  ds = ds.batch(cfg.batch_size, drop_remainder=True).prefetch(2)
+  iterator = iter(ds)
+  for _ in range(batches):
+    next(iterator)
+  with tempfile.TemporaryDirectory() as folder:
+    start = time.perf_counter()
+    path = tf.train.Checkpoint(iterator=iterator).write(os.path.join(folder, "iterator"))
+    save = time.perf_counter() - start
+    size = sum(os.path.getsize(os.path.join(folder, f)) for f in os.listdir(folder))
+    start = time.perf_counter()
+    restored = iter(ds)
+    tf.train.Checkpoint(iterator=restored).read(path).assert_consumed()
+    next(restored)
+    restore = time.perf_counter() - start
+  return {"batches": batches, "state_bytes_per_host": size, "save_s": save, "restore_s": restore}
 
 
 def main(argv=None):
@@ -94,8 +129,10 @@ def main(argv=None):
   p.add_argument("--vocab_size", type=int, default=128_000)
   p.add_argument("--read_batches", type=int, default=300)
   p.add_argument("--positions", default="0,10000,100000,1000000")
-  p.add_argument("--repeats", type=int, default=3)
+  p.add_argument("--repeats", type=int, default=9)
   p.add_argument("--skip_prepare", action="store_true", help="reuse prepared records (no rates)")
+  p.add_argument("--tfdata_batches", type=int, default=1000,
+                 help="position of the tf.data iterator checkpoint compared (0: skip it)")
   args = p.parse_args(argv)
   import dataclasses
   from infini_jax.data import DataConfig
@@ -126,7 +163,15 @@ def main(argv=None):
     result["first_batch_s"] = {}
     for position in map(int, args.positions.split(",")):
       s = result["first_batch_s"][position] = first_batch_seconds(base, position, args.repeats)
-      print(f"{name:>10} first batch at position {position:>9,}: {s:.3f} s")
+      print(f"{name:>10} first batch at position {position:>9,}: median {s['median']:.4f} s, "
+            f"min {s['min']:.4f} s")
+  if args.tfdata_batches:
+    byte = DataConfig(task="shakespeare", seq_len=args.seq_len, segment_len=args.segment_len,
+                      batch_size=args.batch, data_dir=os.path.join(args.cache, "tfds"))
+    r = out["tfdata_checkpoint"] = tfdata_checkpoint(byte, args.tfdata_batches)
+    print(f"tf.data iterator checkpoint after {r['batches']} batches: "
+          f"{r['state_bytes_per_host'] / 2**20:.1f} MiB per host, save {r['save_s']:.2f} s, "
+          f"restore to the first batch {r['restore_s']:.2f} s")
   if args.json:
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
     with open(args.json, "w") as f:
