@@ -9,7 +9,8 @@ infini_jax.train`` and prepares every task of its task or mixture that is read f
 ``DataConfig.records_dir`` (default ``<data_dir>/infini_jax_records``); a run whose examples are
 not prepared prepares them itself, in one process. The tokenizer runs here, in ``--workers``
 processes over ``--shards`` even parts of the documents: the shard count is part of the data
-(the order of the examples), so keep it when preparing again.
+(the order of the examples), so keep it when preparing again. Validation splits are written as
+one shard.
 """
 
 from __future__ import annotations
@@ -43,11 +44,13 @@ def main(argv=None):
   if not isinstance(cfg, DataConfig):
     raise UserError(f"train.data is {type(cfg).__name__}, not a DataConfig: nothing to prepare")
   for task, _ in examples.components(tasks.task_name(cfg)):
-    if isinstance(task.source, tasks._PasskeySource):
+    if isinstance(task.source, tasks.PasskeySource):
       continue
     for split in args.splits.split(","):
-      info = prepare.prepare(cfg, task.name, split, shards=args.shards or args.workers,
-                             workers=args.workers, overwrite=args.overwrite)
+      # Validation is small and may have fewer documents than shards: one shard.
+      shards = (args.shards or args.workers) if split == "train" else 1
+      info = prepare.prepare(cfg, task.name, split, shards=shards, workers=args.workers,
+                             overwrite=args.overwrite)
       print(json.dumps({"task": task.name, "split": split, "examples": info["examples"],
                         "seconds": round(info.get("seconds", 0.0), 2),
                         "folder": prepare.split_dir(cfg, task.name, split)}))

@@ -160,6 +160,10 @@ def test_passkey_mixture(corpus_cfg):
                             passkey_loss_weight=40.0, passkey_dilution=8.0)
   pipe = data.build_pipeline(cfg)
   batches = [pipe.next_global(None) for _ in range(6)]
+  resumed = data.build_pipeline(cfg, start_position=pipe.state()).next_global(None)
+  for k, v in data.build_pipeline(cfg, start_position=5).next_global(None).items():
+    np.testing.assert_array_equal(v, batches[5][k])    # a mixture resumes exactly too
+  assert not np.array_equal(resumed["inputs"], batches[5]["inputs"])
   masks = np.concatenate([b["loss_mask"] for b in batches])
   passkeys = masks.max(1) == 40.0   # answer tokens weigh passkey_loss_weight, text tokens 1
   assert 0 < passkeys.sum() < len(masks)
@@ -247,3 +251,29 @@ def test_prepared_records_hold_the_task_examples_and_resume_far_out(corpus_cfg):
   far = [data.build_pipeline(corpus_cfg, shard_index=i, num_shards=2, start_position=10**9)
          for i in range(2)]
   assert far[0].next_global(None)["inputs"].shape == (2, 16) and far[0].position == 10**9 + 1
+
+
+def test_prepare_data_script_writes_every_split_of_the_run(tmp_path, capsys):
+  import json
+  from script_modules import ROOT, load
+  from infini_jax.data import records
+  corpus = tmp_path / "corpus"
+  corpus.mkdir()
+  for i in range(6):
+    (corpus / f"doc{i}.txt").write_text(_doc("abcdef"[i], 20 * (i + 1)))
+  load("prepare_data").main([
+      f"--gin_file={os.path.join(ROOT, 'tests', 'configs', 'smoke.gin')}",
+      "--gin.train.data=@DataConfig()", "--gin.DataConfig.task='local'",
+      f"--gin.DataConfig.corpus_pattern='{corpus}'", f"--gin.DataConfig.data_dir='{tmp_path}'",
+      "--shards=2"])
+  lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()
+           if line.startswith("{")]
+  assert [line["split"] for line in lines] == ["train", "validation"]
+  train = records.read_info(lines[0]["folder"])
+  assert len(train["shards"]) == 2 and all(train["counts"]) and train["seq_len"] == 64
+  # Each document of 20 * (i + 1) bytes + EOS gives ceil(bytes / 64) examples, in one split.
+  assert train["examples"] + lines[1]["examples"] == sum(-(-(20 * (i + 1)) // 64)
+                                                          for i in range(6))
+  assert len(records.read_info(lines[1]["folder"])["shards"]) == 1
+  with pytest.raises(ValueError, match="not a DataConfig: nothing to prepare"):
+    load("prepare_data").main([f"--gin_file={os.path.join(ROOT, 'tests', 'configs', 'smoke.gin')}"])

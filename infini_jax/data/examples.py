@@ -26,7 +26,7 @@ ENDLESS = 2**62   # passkey examples of the train split: more than any run reads
 class _Passkey:
   """index -> passkey example ``index`` of ``split``, zero-padded to ``seq_len``."""
 
-  def __init__(self, source: tasks._PasskeySource, split: str, seq_len: int):
+  def __init__(self, source: tasks.PasskeySource, split: str, seq_len: int):
     self.source, self.split, self.seq_len = source, split, seq_len
 
   def __call__(self, index: int) -> dict:
@@ -36,7 +36,7 @@ class _Passkey:
 
 def _task(cfg: DataConfig, task: seqio.Task, split: str, seed: int) -> grain.MapDataset:
   train = split == "train"
-  if isinstance(task.source, tasks._PasskeySource):   # made from seeds: nothing to prepare
+  if isinstance(task.source, tasks.PasskeySource):   # made from seeds: nothing to prepare
     count = ENDLESS if train else task.source.num_input_examples(split)
     return grain.MapDataset.range(count).map(_Passkey(task.source, split, cfg.seq_len))
   prepare.prepare(cfg, task.name, split)   # once; afterwards only reads info.json

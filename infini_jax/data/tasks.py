@@ -86,7 +86,7 @@ class _BuilderSource(_SplitShardedSource):
     return ds.shuffle(DOC_SHUFFLE_BUFFER, seed=seed) if shuffle else ds
 
 
-class _PasskeySource(_SplitShardedSource):
+class PasskeySource(_SplitShardedSource):
   """Passkey examples made from their seeds: train is endless, validation a fixed set."""
 
   def __init__(self, make_example, num_validation=PASSKEY_VALIDATION_EXAMPLES):
@@ -258,7 +258,7 @@ def _register_passkey_task(cfg: DataConfig) -> str:
         answer_weight=cfg.passkey_loss_weight, dilution=cfg.passkey_dilution)
     seqio.TaskRegistry.add(
         task,
-        source=_PasskeySource(make),
+        source=PasskeySource(make),
         preprocessors=[_pad],
         output_features=_output_features(cfg.vocabulary),
         shuffle_buffer_size=SHUFFLE_BUFFER)
