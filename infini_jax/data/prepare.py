@@ -28,6 +28,7 @@ import tensorflow as tf
 
 from infini_jax.data import corpus, records, tasks
 from infini_jax.data.config import DataConfig
+from infini_jax.errors import UserError
 
 log = logging.getLogger("infini_jax")
 # TensorFlow only runs the seqio tasks here; keep it off the accelerators JAX uses.
@@ -36,10 +37,12 @@ tf.config.set_visible_devices([], "GPU")
 
 def records_root(cfg: DataConfig) -> str:
   """``DataConfig.records_dir``, else ``records/`` under the TFDS data folder."""
-  if cfg.records_dir:
-    return os.path.expanduser(cfg.records_dir)
-  data_dir = cfg.data_dir or os.path.join("~", "tensorflow_datasets")
-  return os.path.join(os.path.expanduser(data_dir), "infini_jax_records")
+  root = cfg.records_dir or os.path.join(cfg.data_dir or os.path.join("~", "tensorflow_datasets"),
+                                         "infini_jax_records")
+  if "://" in root:
+    raise UserError(f"prepared examples at {root!r}: they are read with local file I/O; set "
+                    "DataConfig.records_dir to a local or mounted folder")
+  return os.path.expanduser(root)
 
 
 def split_dir(cfg: DataConfig, task: str, split: str) -> str:
