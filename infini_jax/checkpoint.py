@@ -1,7 +1,7 @@
 """Checkpoints: async orbax saves with our own checksums, restore that falls back past bad steps.
 
 Each step directory holds two orbax items: ``state`` (the train-state pytree, any sharding) and
-``meta`` (JSON: step, data position, and per array its path, shape, dtype and checksum). orbax does
+``meta`` (JSON: step, the input state, and per array its path, shape, dtype and checksum). orbax does
 not notice flipped bits in array data, so :meth:`Checkpointer.restore` recomputes every checksum and
 treats a mismatch like a step that fails to load: warn, name the step, try the next-older one.
 
@@ -199,7 +199,8 @@ class Checkpointer:
   def save(self, step: int, state, data_position: int, force: bool = False) -> bool:
     """Starts an async save of ``state`` if ``step % save_every == 0`` or ``force``.
 
-    ``data_position`` is the number of input batches consumed. Returns whether a save started
+    ``data_position`` is the input pipeline's ``state()`` (JSON: infini_jax.data.state), or a
+    number of batches consumed. Returns whether a save started
     (False also when ``step`` is already saved, e.g. a forced final save right after a regular
     one). Every process must call it (it runs a small SPMD computation for the checksums).
     """
@@ -209,7 +210,9 @@ class Checkpointer:
     # Wait for the computation that produced ``state``: the checksums run as another program,
     # and overlapping collective programs can deadlock XLA:CPU with several devices per process.
     jax.block_until_ready(state)
-    meta = {"format": FORMAT, "step": step, "data_position": int(data_position),
+    if not isinstance(data_position, dict):
+      data_position = int(data_position)
+    meta = {"format": FORMAT, "step": step, "data_position": data_position,
             "arrays": _describe(state)}
     with self._reporting():   # also raises the failure of the previous async save
       started = self._manager.save(step, force=True, args=ocp.args.Composite(
@@ -231,7 +234,8 @@ class Checkpointer:
           f"the same command again: it resumes from the newest good step") from e
 
   def restore(self, target):
-    """``(step, state, data_position)`` from the newest good step, or None if none restores.
+    """``(step, state, data_position)`` from the newest good step, or None if none restores;
+    ``data_position`` as saved (the pipeline's state, or the batch count of older runs).
 
     ``target``: a pytree like the saved state whose leaves are arrays or ``jax.ShapeDtypeStruct``
     with the wanted ``.sharding`` (another mesh is fine). Steps that fail to load or to verify are
@@ -263,7 +267,7 @@ class Checkpointer:
         _skip(step, self.directory, reason)
         bad.append(step)
         continue
-      found = (step, _cast(state, target), int(meta["data_position"]))
+      found = (step, _cast(state, target), meta["data_position"])
       break
     self._set_aside(bad)
     return found

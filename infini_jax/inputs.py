@@ -10,6 +10,7 @@ import dataclasses
 import jax
 import numpy as np
 
+from infini_jax.data import state as data_state
 from infini_jax.data.config import check_batch_shape
 from infini_jax.errors import UserError
 
@@ -38,15 +39,19 @@ class SyntheticPipeline:
   """
 
   def __init__(self, cfg: SyntheticData, vocab_size: int, shard_index: int, num_shards: int,
-               start_position: int = 0, split: str = "train"):
+               start_position=0, split: str = "train"):
     if cfg.batch_size % num_shards:
       raise UserError(f"global batch_size {cfg.batch_size} is not divisible by {num_shards} "
                       f"processes; set the batch size to a multiple of {num_shards}")
     self.cfg, self.vocab_size = cfg, vocab_size
     self.rows = slice(shard_index * cfg.batch_size // num_shards,
                       (shard_index + 1) * cfg.batch_size // num_shards)
-    self.position = start_position
+    # Batch k depends on k alone: an old checkpoint's batch count is exact here too.
+    self.position = data_state.position_of(start_position, cfg.batch_size)
     self.stream = 0 if split == "train" else 1
+
+  def state(self) -> dict:
+    return data_state.make(self.position, self.cfg.batch_size)
 
   def next_local(self) -> dict:
     rng = np.random.default_rng([self.cfg.seed, self.stream, self.position])
@@ -65,8 +70,10 @@ class SyntheticPipeline:
     return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}
 
 
-def make_pipeline(data_cfg, split: str, vocab_size: int, start_position: int = 0):
-  """A per-host pipeline with ``next_global(sharding)`` and ``position``, for this process."""
+def make_pipeline(data_cfg, split: str, vocab_size: int, start_position=0):
+  """A per-host pipeline with ``next_global(sharding)``, ``position`` (global batches consumed)
+  and ``state()`` (what a checkpoint saves), for this process. ``start_position``: a ``state()``
+  saved by a run with any number of processes, or a count of batches."""
   if isinstance(data_cfg, SyntheticData):
     return SyntheticPipeline(data_cfg, vocab_size, jax.process_index(), jax.process_count(),
                              start_position, split)

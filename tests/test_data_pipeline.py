@@ -1,6 +1,7 @@
 """The input pipeline: example layout, document boundaries, packing, shards, determinism, resume."""
 
 import dataclasses
+import os
 import re
 import uuid
 
@@ -159,6 +160,10 @@ def test_passkey_mixture(corpus_cfg):
                             passkey_loss_weight=40.0, passkey_dilution=8.0)
   pipe = data.build_pipeline(cfg)
   batches = [pipe.next_global(None) for _ in range(6)]
+  resumed = data.build_pipeline(cfg, start_position=pipe.state()).next_global(None)
+  for k, v in data.build_pipeline(cfg, start_position=5).next_global(None).items():
+    np.testing.assert_array_equal(v, batches[5][k])    # a mixture resumes exactly too
+  assert not np.array_equal(resumed["inputs"], batches[5]["inputs"])
   masks = np.concatenate([b["loss_mask"] for b in batches])
   passkeys = masks.max(1) == 40.0   # answer tokens weigh passkey_loss_weight, text tokens 1
   assert 0 < passkeys.sum() < len(masks)
@@ -195,3 +200,80 @@ def test_bundled_corpus_default_task(tmp_path):
   assert data.task_name(data.DataConfig()) == "shakespeare"  # registered on import
   batch = data.build_pipeline(cfg).next_global(None)
   assert batch["inputs"].shape == (2, 256) and batch["loss_mask"].sum() > 0
+
+
+def test_state_restores_any_number_of_processes_and_batch_sizes(corpus_cfg, caplog):
+  cfg = dataclasses.replace(corpus_cfg, shuffle=True, seed=5)
+  one = data.build_pipeline(cfg)
+  rows = np.concatenate(_take(one, 6))            # 24 examples of the global sequence
+  state = data.build_pipeline(cfg, start_position=3).state()
+  assert state["global_batches"] == 3 and state["global_batch_size"] == 4
+  halves = [data.build_pipeline(cfg, shard_index=i, num_shards=2, start_position=state)
+            for i in range(2)]
+  np.testing.assert_array_equal(np.concatenate([h.next_global(None)["inputs"] for h in halves]),
+                                rows[12:16])
+  assert halves[0].state() == data.build_pipeline(cfg, start_position=4).state()
+  # 3 batches of 4 are 6 batches of 2 (the same examples), but not a whole number of 8.
+  two = data.build_pipeline(dataclasses.replace(cfg, batch_size=2), start_position=state)
+  assert two.position == 6
+  np.testing.assert_array_equal(two.next_global(None)["inputs"], rows[12:14])
+  with pytest.raises(ValueError, match="resume with a batch_size that divides 12"):
+    data.build_pipeline(dataclasses.replace(cfg, batch_size=8), start_position=state)
+  # A checkpoint from before the input state held a bare batch count: it resumes, and says how.
+  with caplog.at_level("WARNING", logger="infini_jax"):
+    legacy = data.build_pipeline(cfg, start_position=3)
+  assert "saved only a batch count" in caplog.text
+  np.testing.assert_array_equal(legacy.next_global(None)["inputs"], rows[12:16])
+
+
+def test_prepared_records_hold_the_task_examples_and_resume_far_out(corpus_cfg):
+  from infini_jax.data import prepare, records, tasks
+  cfg = dataclasses.replace(corpus_cfg, shuffle=False)
+  folder = prepare.split_dir(cfg, tasks.task_name(cfg), "validation")
+  data.build_pipeline(cfg, split="validation")          # prepares on first use
+  info = records.read_info(folder)
+  assert info["examples"] == sum(-(-n // 16) for n in LENGTHS)
+  assert [name for name, _ in info["features"]] == list(data.tasks.FEATURES)
+  raw = records.open_split(folder, 16)
+  assert len(raw) == info["examples"]
+  # A record is the example's four features, raw little-endian: check one against its bytes.
+  first = raw[0]
+  import grain
+  stored = grain.sources.ArrayRecordDataSource([os.path.join(folder, info["shards"][0])])[0]
+  assert len(stored) == 4 * 16 * 4
+  np.testing.assert_array_equal(np.frombuffer(stored[:64], "<i4"), first["inputs"])
+  np.testing.assert_array_equal(np.frombuffer(stored[128:192], "<f4"), first["loss_mask"])
+  assert first["inputs"].dtype == np.int32 and first["loss_mask"].dtype == np.float32
+  assert len(set(re.sub(r"[^a-z]", "", _text(first["inputs"])))) == 1
+  with pytest.raises(ValueError, match="examples of 16 tokens, the run asks for 32"):
+    records.open_split(folder, 32)
+  # Far into training, a batch is read directly: the 10^9-th global batch, on two processes.
+  far = [data.build_pipeline(corpus_cfg, shard_index=i, num_shards=2, start_position=10**9)
+         for i in range(2)]
+  assert far[0].next_global(None)["inputs"].shape == (2, 16) and far[0].position == 10**9 + 1
+
+
+def test_prepare_data_script_writes_every_split_of_the_run(tmp_path, capsys):
+  import json
+  from script_modules import ROOT, load
+  from infini_jax.data import records
+  corpus = tmp_path / "corpus"
+  corpus.mkdir()
+  for i in range(6):
+    (corpus / f"doc{i}.txt").write_text(_doc("abcdef"[i], 20 * (i + 1)))
+  load("prepare_data").main([
+      f"--gin_file={os.path.join(ROOT, 'tests', 'configs', 'smoke.gin')}",
+      "--gin.train.data=@DataConfig()", "--gin.DataConfig.task='local'",
+      f"--gin.DataConfig.corpus_pattern='{corpus}'", f"--gin.DataConfig.data_dir='{tmp_path}'",
+      "--shards=2"])
+  lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()
+           if line.startswith("{")]
+  assert [line["split"] for line in lines] == ["train", "validation"]
+  train = records.read_info(lines[0]["folder"])
+  assert len(train["shards"]) == 2 and all(train["counts"]) and train["seq_len"] == 64
+  # Each document of 20 * (i + 1) bytes + EOS gives ceil(bytes / 64) examples, in one split.
+  assert train["examples"] + lines[1]["examples"] == sum(-(-(20 * (i + 1)) // 64)
+                                                          for i in range(6))
+  assert len(records.read_info(lines[1]["folder"])["shards"]) == 1
+  with pytest.raises(ValueError, match="not a DataConfig: nothing to prepare"):
+    load("prepare_data").main([f"--gin_file={os.path.join(ROOT, 'tests', 'configs', 'smoke.gin')}"])

@@ -1,5 +1,9 @@
 """Data: vocabularies, corpora as seqio tasks, the passkey task, and per-host input pipelines.
 
+seqio tasks define the data; prepare.py writes their examples once to ArrayRecord (records.py);
+examples.py reads them by index as one global sequence, and pipeline.py gives each process its
+rows of every global batch, resumable from one number (state.py).
+
 Names are imported lazily: `from infini_jax.data import passkey` and `data.DataConfig` need no
 TensorFlow; `build_pipeline`, `get_vocabulary` and `register_corpus` pull in seqio.
 """
@@ -14,8 +18,8 @@ _EXPORTS = {
     "register_corpus": "corpus",
     "task_name": "tasks",
 }
-_MODULES = ("config", "corpus", "local_text", "passkey", "pipeline", "tasks", "text_files",
-            "vocab")
+_MODULES = ("config", "corpus", "examples", "local_text", "passkey", "pipeline", "prepare",
+            "records", "state", "tasks", "text_files", "vocab")
 
 __all__ = sorted(_EXPORTS) + ["passkey"]
 

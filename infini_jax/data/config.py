@@ -51,7 +51,13 @@ class DataConfig:
     is written into the memory r times over, r log-uniform in [1, passkey_dilution] per example
     (passkey.training_example): a memory as full as that of an up to passkey_dilution times longer
     prompt. 1: off. Evaluation never dilutes.
-  seed, shuffle: shuffling of the train split (validation is never shuffled).
+  seed, shuffle: shuffling of the train split, a new order each epoch (validation is never
+    shuffled).
+  records_dir: where the tasks' prepared examples are (ArrayRecord; scripts/prepare_data.py
+    writes them, a run prepares a missing split itself). None: <data_dir>/infini_jax_records.
+  read_threads: threads that read and batch examples in each training process.
+  read_workers: 0: read in the training process; N: in N worker processes per host (grain's
+    mp_prefetch), for hosts that need more than one core to keep up.
   """
 
   task: str = "shakespeare"
@@ -71,6 +77,9 @@ class DataConfig:
   passkey_dilution: float = 1.0
   seed: int = 0
   shuffle: bool = True
+  records_dir: Optional[str] = None
+  read_threads: int = 2
+  read_workers: int = 0
 
   def __post_init__(self):
     check_batch_shape(self.batch_size, self.seq_len, self.segment_len)
@@ -86,6 +95,9 @@ class DataConfig:
       raise UserError(f"passkey_loss_weight {self.passkey_loss_weight} must be positive")
     if not self.passkey_dilution >= 1.0:
       raise UserError(f"passkey_dilution {self.passkey_dilution} must be >= 1 (1: off)")
+    if self.read_threads < 1 or self.read_workers < 0:
+      raise UserError(f"read_threads {self.read_threads} must be >= 1 and read_workers "
+                      f"{self.read_workers} >= 0")
     if self.passkey_digits < 1:
       raise UserError(f"passkey_digits {self.passkey_digits} must be >= 1")
 

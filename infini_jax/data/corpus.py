@@ -68,6 +68,7 @@ CORPORA: dict[str, Corpus] = {
     "pg19": Corpus(tfds_name="pg19", text_key="book_text"),
     "c4": Corpus(tfds_name="c4/en"),
 }
+BUILT_IN = frozenset(CORPORA)
 
 
 def register_corpus(name: str, pattern: str, validation_files: Sequence[str] = (),

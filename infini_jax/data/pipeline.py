@@ -1,32 +1,48 @@
-"""Per-host input: this process's shard of a task, in local batches, assembled into global arrays.
+"""Per-host input: this process's rows of each global batch, read by index, assembled into arrays.
 
-The position (batches consumed) is what a checkpoint saves; a pipeline built with
-`start_position=k` yields exactly the batches a fresh one yields after its first k. Resuming
-re-reads and drops those k batches (deterministic given the seed), so its cost grows with k.
+The global sequence of examples (examples.py) is cut into global batches of ``batch_size``; of
+global batch k, process i of n takes rows [i * b, (i + 1) * b), b = batch_size / n. So global batch
+k is the same, row for row, whatever the number of processes, and the input state a checkpoint
+saves is one number, the global batches consumed (state.py). Resuming at batch k reads batch k
+directly: its cost does not depend on k, and a run may resume with another number of processes.
+
+Reading runs in ``read_threads`` threads of this process (array_record and numpy release the
+GIL), or in ``read_workers`` worker processes (grain's mp_prefetch) for more cores.
 """
 
 from __future__ import annotations
 
+import logging
 
+import grain
 import numpy as np
-from infini_jax.data import quiet_tf  # noqa: F401, I001  (first: a quiet TensorFlow import)
-import seqio
-import tensorflow as tf
+from absl import flags
 
-from infini_jax.data import tasks
+from infini_jax.data import examples as examples_lib
+from infini_jax.data import state as state_lib
 from infini_jax.data.config import DataConfig
 from infini_jax.errors import UserError
 
-# TensorFlow only feeds the input pipeline here; keep it off the accelerators JAX uses.
-tf.config.set_visible_devices([], "GPU")
+log = logging.getLogger("infini_jax")
+
+
+class _PadTo:
+  """index -> example ``index`` of ``examples``, or an all-zero example (loss_mask 0) past its end."""
+
+  def __init__(self, examples: grain.MapDataset):
+    self.examples = examples
+    self.zeros = {k: np.zeros_like(v) for k, v in examples[0].items()}
+
+  def __call__(self, index: int) -> dict:
+    return self.examples[index] if index < len(self.examples) else self.zeros
 
 
 class Pipeline:
-  """Batches of {"inputs", "targets", "loss_mask", "memory_weight"} for one process (a task of
-  your own may leave out "memory_weight"); see `build_pipeline`."""
+  """Batches of {"inputs", "targets", "loss_mask", "memory_weight"} [local_batch, seq_len] for one
+  process (a task of your own may leave out "memory_weight"); see `build_pipeline`."""
 
   def __init__(self, cfg: DataConfig, split: str, shard_index: int, num_shards: int,
-               start_position: int = 0):
+               start=0):
     if not 0 <= shard_index < num_shards:
       raise ValueError(f"shard_index {shard_index} must be in [0, num_shards={num_shards})")
     if cfg.batch_size % num_shards:
@@ -35,42 +51,48 @@ class Pipeline:
     self.cfg, self.split = cfg, split
     self.shard_index, self.num_shards = shard_index, num_shards
     self.local_batch_size = cfg.batch_size // num_shards
-    self.task = tasks.task_name(cfg)
-    self.restore(start_position)
-
-  def _dataset(self) -> tf.data.Dataset:
-    cfg, train = self.cfg, self.split == "train"
-    ds = seqio.get_dataset(
-        mixture_or_task_name=self.task,
-        task_feature_lengths={k: cfg.seq_len for k in seqio.get_mixture_or_task(
-            self.task).output_features},
-        feature_converter=seqio.PassThroughFeatureConverter(),
-        dataset_split=self.split,
-        shuffle=cfg.shuffle and train,
-        num_epochs=None if train else 1,
-        shard_info=seqio.ShardInfo(index=self.shard_index, num_shards=self.num_shards),
-        seed=cfg.seed,
-        use_cached=False,
-        verbose=False)
-    b = self.local_batch_size
-    if train:
-      return ds.batch(b, drop_remainder=True)
-    # The last validation batch is filled with rows whose loss_mask is 0, so no example is lost.
-    ds = ds.batch(b).map(lambda ex: {k: tf.pad(v, [[0, b - tf.shape(v)[0]], [0, 0]])
-                                     for k, v in ex.items()})
-    return ds.map(lambda ex: {k: tf.ensure_shape(v, [b, cfg.seq_len]) for k, v in ex.items()})
+    examples = examples_lib.global_examples(cfg, split)
+    if split != "train":
+      # A whole number of global batches, so every process reads as many; the rows past the
+      # end have loss_mask 0, and no example is lost.
+      count = -(-len(examples) // cfg.batch_size) * cfg.batch_size
+      examples = grain.MapDataset.range(count).map(_PadTo(examples))
+    self._local_batches = examples.batch(self.local_batch_size)
+    self._iterator = None
+    self.restore(start)
 
   @property
   def position(self) -> int:
-    """Batches consumed so far."""
+    """Global batches consumed so far."""
     return self._position
 
-  def restore(self, position: int) -> None:
-    """Continue with batch `position` (0-based): the first one not yet consumed."""
+  def state(self) -> dict:
+    """What a checkpoint saves; `restore` (with any number of processes) continues from it."""
+    return state_lib.make(self._position, self.cfg.batch_size)
+
+  def restore(self, state) -> None:
+    """Continue after the batches ``state`` consumed: a dict of `state`, or a batch count."""
+    position = state_lib.position_of(state, self.cfg.batch_size)
     if position < 0:
       raise ValueError(f"position {position} must be >= 0")
+    if state_lib.is_legacy(state) and position and self.split == "train":
+      log.warning("the checkpoint saved only a batch count (%d), from before the input state: "
+                  "resuming at global batch %d of today's example order, which differs from the "
+                  "old one: examples of this epoch may repeat or be missed once", position,
+                  position)
+    self.close()
     self._position = position
-    self._iterator = self._dataset().skip(position).prefetch(2).as_numpy_iterator()
+    n, i = self.num_shards, self.shard_index
+    # Local batch j is rows [j*b, (j+1)*b) of the global stream: process i takes j = k*n + i.
+    mine = self._local_batches[position * n + i::n]
+    threads = self.cfg.read_threads
+    ds = mine.to_iter_dataset(grain.ReadOptions(num_threads=threads,
+                                                prefetch_buffer_size=2 * threads))
+    if self.cfg.read_workers:
+      if not flags.FLAGS.is_parsed():   # grain's workers read absl flags; gin is our command line
+        flags.FLAGS.mark_as_parsed()
+      ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=self.cfg.read_workers))
+    self._iterator = iter(ds)
 
   def next_local(self) -> dict[str, np.ndarray]:
     """This process's batch [local_batch, seq_len]; StopIteration at the end of validation."""
@@ -88,6 +110,12 @@ class Pipeline:
     return {k: jax.make_array_from_process_local_data(sharding, v, shape)
             for k, v in local.items()}
 
+  def close(self) -> None:
+    """Stops the reader threads or worker processes."""
+    if self._iterator is not None and hasattr(self._iterator, "close"):
+      self._iterator.close()
+    self._iterator = None
+
   def __iter__(self):
     return self
 
@@ -96,10 +124,11 @@ class Pipeline:
 
 
 def build_pipeline(cfg: DataConfig, split: str = "train", shard_index: int = 0,
-                   num_shards: int = 1, start_position: int = 0) -> Pipeline:
+                   num_shards: int = 1, start_position=0) -> Pipeline:
   """The input of process `shard_index` of `num_shards` (jax.process_index / process_count).
 
-  split "train" repeats forever (shuffled if cfg.shuffle); any other split ("validation") is read
-  once, in order. `start_position=k` continues after the first k batches.
+  split "train" repeats forever (shuffled each epoch if cfg.shuffle); any other split
+  ("validation") is read once, in order. `start_position`: the batches already consumed, a count
+  or a `Pipeline.state()` (from a run with any number of processes).
   """
   return Pipeline(cfg, split, shard_index, num_shards, start_position)

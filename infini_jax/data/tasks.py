@@ -54,21 +54,31 @@ class _SplitShardedSource(seqio.DataSource):
 
 
 class _BuilderSource(_SplitShardedSource):
-  """Documents of a TFDS builder made on first use; a host's shard is an even split of a split."""
+  """Documents of a TFDS builder made on first use; a host's shard is an even split of a split.
 
-  def __init__(self, make_builder, splits=("train", "validation")):
+  ``fingerprint`` names the documents (for local files: their paths, sizes and times), so that
+  examples prepared from other documents are never read as these (prepare.py).
+  """
+
+  def __init__(self, make_builder, fingerprint: str, splits=("train", "validation")):
     self._make_builder = make_builder
     self._builder = None
+    self.fingerprint = fingerprint
     super().__init__(splits=splits, caching_permitted=False)
 
   def num_input_examples(self, split):
     return None
 
+  def ready(self):
+    """Builds the TFDS dataset now if it is not on disk (before processes that share it start)."""
+    if self._builder is None:
+      self._builder = self._make_builder()
+    return self._builder
+
   def get_dataset(self, split="train", shuffle=True, seed=None, shard_info=None, *,
                   sequence_length=None, use_cached=False, num_epochs=1):
     del sequence_length, use_cached, num_epochs
-    if self._builder is None:
-      self._builder = self._make_builder()
+    self.ready()
     if shard_info and shard_info.num_shards > 1:
       split = tfds.even_splits(split, shard_info.num_shards)[shard_info.index]
     ds = self._builder.as_dataset(split=split, shuffle_files=shuffle,
@@ -76,7 +86,7 @@ class _BuilderSource(_SplitShardedSource):
     return ds.shuffle(DOC_SHUFFLE_BUFFER, seed=seed) if shuffle else ds
 
 
-class _PasskeySource(_SplitShardedSource):
+class PasskeySource(_SplitShardedSource):
   """Passkey examples made from their seeds: train is endless, validation a fixed set."""
 
   def __init__(self, make_example, num_validation=PASSKEY_VALIDATION_EXAMPLES):
@@ -87,6 +97,10 @@ class _PasskeySource(_SplitShardedSource):
   def num_input_examples(self, split):
     return self._num_input_examples.get(split)  # train: endless
 
+  def example(self, split: str, index: int) -> dict:
+    """Example ``index`` of ``split`` (its own length, unpadded), from its seed alone."""
+    return self._make_example(passkey.example_seed(split, int(index)))
+
   def get_dataset(self, split="train", shuffle=True, seed=None, shard_info=None, *,
                   sequence_length=None, use_cached=False, num_epochs=1):
     del shuffle, seed, sequence_length, use_cached, num_epochs  # examples are random already
@@ -94,7 +108,7 @@ class _PasskeySource(_SplitShardedSource):
     stop = 2**62 if split == "train" else self._num_input_examples["validation"]
 
     def make(i):
-      ex = self._make_example(passkey.example_seed(split, int(i)))
+      ex = self.example(split, i)
       return tuple(ex[k] for k in FEATURES)
 
     def to_dict(i):
@@ -193,12 +207,14 @@ def _variant(base: str, cfg: DataConfig, fields, extra=()) -> str:
 def _corpus_source(name: str, cfg: DataConfig) -> seqio.DataSource:
   spec = corpus.CORPORA[name]
   if spec.tfds_name:
-    return _BuilderSource(lambda: tfds.builder(spec.tfds_name, data_dir=cfg.data_dir))
+    return _BuilderSource(lambda: tfds.builder(spec.tfds_name, data_dir=cfg.data_dir),
+                          f"tfds:{spec.tfds_name}")
   # Listing the files now makes a missing or empty corpus fail at once, not at the first batch.
   config = local_text.make_config(corpus.pattern_of(name, cfg.corpus_pattern), name,
                                   spec.validation_files, spec.validation_fraction, spec.text_key,
                                   spec.suffixes, spec.min_bytes, spec.exclude_dirs)
-  return _BuilderSource(lambda: local_text.prepared_builder(config, cfg.data_dir))
+  return _BuilderSource(lambda: local_text.prepared_builder(config, cfg.data_dir),
+                        f"local_text:{config.name}")
 
 
 def _register_corpus_task(name: str, cfg: DataConfig) -> str:
@@ -243,7 +259,7 @@ def _register_passkey_task(cfg: DataConfig) -> str:
         answer_weight=cfg.passkey_loss_weight, dilution=cfg.passkey_dilution)
     seqio.TaskRegistry.add(
         task,
-        source=_PasskeySource(make),
+        source=PasskeySource(make),
         preprocessors=[_pad],
         output_features=_output_features(cfg.vocabulary),
         shuffle_buffer_size=SHUFFLE_BUFFER)

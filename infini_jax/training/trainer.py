@@ -13,6 +13,7 @@ import threading
 import jax
 
 from infini_jax import checkpoint, distributed, paths
+from infini_jax.data import state as data_state
 from infini_jax.errors import UserError
 from infini_jax.evals import heldout
 from infini_jax.inputs import make_pipeline
@@ -39,7 +40,7 @@ def train(config: RunConfig) -> dict:
     restored = ckpt.restore(fns.abstract_state)
     if restored is not None:
       start, state, position = restored
-      log.info("resuming from step %d (data position %d)", start, position)
+      log.info("resuming from step %d (input state %s)", start, position)
     else:
       start, position = 0, 0
       if c.init_from:
@@ -68,7 +69,7 @@ def train(config: RunConfig) -> dict:
           problem = _judge(guard, progress, *pending, c.log_every, c.steps, last)
           pending = None
           if problem is None:
-            ckpt.save(done, state, pipeline.position, force=True)
+            ckpt.save(done, state, pipeline.state(), force=True)
         if problem is not None:
           at_step, reason = problem
           if c.on_divergence == "stop" or rewinds >= c.max_rewinds:
@@ -125,7 +126,7 @@ def _rewind(ckpt: checkpoint.Checkpointer, fns: step.StepFns, pipeline, progress
                               f"nothing to rewind to. Lower the learning rate, or save earlier "
                               f"with train.checkpoint_every")
   good_step, state, position = restored
-  skipped = pipeline.position - position
+  skipped = pipeline.position - data_state.position_of(position, pipeline.cfg.batch_size)
   log.warning("rewind %d: step %d diverged (%s); back to step %d, skipping the %d batches "
               "consumed since", count, at_step, reason, good_step, skipped)
   progress.log_event(at_step, event="rewind", reason=reason, to_step=good_step,
