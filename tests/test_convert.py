@@ -23,6 +23,7 @@ from flax import nnx
 from safetensors.numpy import save_file
 
 from infini_jax.commands import convert
+from infini_jax import trees
 from infini_jax.hf import convert as hf_convert
 from infini_jax.checkpoint import restore_params
 from infini_jax.errors import UserError
@@ -350,6 +351,7 @@ def test_missing_unexpected_and_misshaped_tensors_are_named(llama_dir, tmp_path)
 _SHARDED = textwrap.dedent("""
     import sys
     import jax, numpy as np
+    from infini_jax import trees
     from infini_jax.hf import llama
     assert len(jax.devices()) == 8
     hf_dir = sys.argv[1]
@@ -361,7 +363,7 @@ _SHARDED = textwrap.dedent("""
       return out
     llama._SafetensorsDir.get = recording_get
     one, _ = llama.load_hf_params(hf_dir)
-    flat_one = llama._flat(one)
+    flat_one = trees.flatten(one)
     layouts = {
         # layers over data; heads and kv heads over tensor; embed over fsdp
         "2x2x2": ((2, 2, 2), [("layers", "data"), ("vocab", "tensor"), ("embed", "fsdp"),
@@ -375,7 +377,7 @@ _SHARDED = textwrap.dedent("""
                            axis_types=(jax.sharding.AxisType.Auto,) * 3)
       reads.clear()
       params, _ = llama.load_hf_params(hf_dir, mesh=mesh, rules=rules)
-      for path, x in llama._flat(params).items():
+      for path, x in trees.flatten(params).items():
         np.testing.assert_array_equal(np.asarray(x), np.asarray(flat_one[path]), err_msg=str(path))
       w_q = params["blocks"]["attn"]["w_q"]
       assert len({s.device for s in w_q.addressable_shards}) == 8
@@ -414,15 +416,15 @@ def test_export_then_import_is_exact(llama_dir, tmp_path):
   assert llama.config_from_hf(llama.read_hf_config(out)) == cfg
   again, report = llama.load_hf_params(out)
   assert report["initialised"] == []
-  for path, x in llama._flat(params).items():
-    np.testing.assert_array_equal(np.asarray(llama._flat(again)[path]), np.asarray(x))
+  for path, x in trees.flatten(params).items():
+    np.testing.assert_array_equal(np.asarray(trees.flatten(again)[path]), np.asarray(x))
   # The same through the command line: HF -> our checkpoint -> HF -> our parameters.
   ckpt, back = tmp_path / "ckpt", tmp_path / "back"
   convert.main([f"--from_hf={llama_dir[0]}", f"--out={ckpt}"])
   convert.main([f"--to_hf={back}", f"--checkpoint={ckpt}"])
   direct, _ = llama.load_hf_params(llama_dir[0], llama.config_from_hf(LLAMA, **RECIPE))
-  for path, x in llama._flat(llama.load_hf_params(back)[0]).items():
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(llama._flat(direct)[path]))
+  for path, x in trees.flatten(llama.load_hf_params(back)[0]).items():
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(trees.flatten(direct)[path]))
 
 
 def transformers_config_warnings(config: dict) -> list:
