@@ -1,7 +1,7 @@
 """The training loop of pretraining and continual pretraining (``python -m infini_jax.train``).
 
 ``train()`` takes a ``run.RunConfig``, which gin binds as ``train``. A run
-writes into ``model_dir``: the operative gin config, orbax checkpoints (with the data position),
+writes into ``model_dir``: the operative gin config, orbax checkpoints (with the input state),
 ``metrics.jsonl`` and TensorBoard summaries. Started again, it resumes from the newest good
 checkpoint and continues with the next unseen batch.
 """
