@@ -1,8 +1,7 @@
 """Held-out loss by position in the document: per-segment sums over windows of the validation
-split, bucketed by segment index. The command is ``python -m infini_jax.eval_ppl``."""
+split (bucketed and reported by ``ppl_report``). The command is ``python -m infini_jax.eval_ppl``."""
 
 import dataclasses
-import math
 
 import jax
 import jax.numpy as jnp
@@ -12,10 +11,6 @@ from flax import nnx
 from infini_jax import loss, sharding
 from infini_jax.inputs import make_pipeline
 from infini_jax.model.transformer import scan_segments
-
-# (name, first segment, last segment or None), 1-based and inclusive.
-BUCKETS = (("1", 1, 1), ("2-4", 2, 4), ("5-16", 5, 16), ("17+", 17, None))
-
 
 def held_out_data(data_cfg, segments: int, batch_size: int | None):
   """The run's data config turned into windows of ``segments`` segments of its corpus."""
@@ -91,40 +86,6 @@ def per_segment_sums(runs, data_cfg, vocab_size: int, max_batches: int | None,
   if not batches:
     raise ValueError(f"the validation split of task {data_cfg.task!r} is empty")
   return totals, batches
-
-
-def buckets(nll, weight) -> dict:
-  """{bucket: {tokens, loss, ppl}} from per-segment sums (None for buckets past the window)."""
-  out = {}
-  for name, first, last in BUCKETS + (("all", 1, None),):
-    part = slice(first - 1, last)
-    tokens = float(np.sum(weight[part]))
-    if tokens == 0:
-      out[name] = None
-      continue
-    loss = float(np.sum(nll[part]) / tokens)
-    out[name] = {"tokens": tokens, "loss": loss, "ppl": math.exp(loss)}
-  return out
-
-
-def table(results: list) -> str:
-  """Buckets as rows, one perplexity column per model (and per knocked-out model, where a result
-  has ``knocked_out`` buckets)."""
-  columns = []
-  for r in results:
-    columns.append((r["name"], r["buckets"]))
-    if r.get("knocked_out"):
-      columns.append((r["name"] + " ko", r["knocked_out"]["buckets"]))
-  names = [name for name, _ in columns]
-  lines = [f"{'segments':>9} {'tokens':>10} " + " ".join(f"{n:>16}" for n in names)]
-  for bucket in [b[0] for b in BUCKETS] + ["all"]:
-    cells = [column[bucket] for _, column in columns]
-    if all(c is None for c in cells):
-      continue
-    tokens = next(c["tokens"] for c in cells if c is not None)
-    lines.append(f"{bucket:>9} {tokens:>10.0f} " + " ".join(
-        f"{c['ppl']:>16.3f}" if c else f"{'-':>16}" for c in cells))
-  return "\n".join(lines)
 
 
 def model_name(model, step_number: int, segment_len: int | None = None) -> str:
