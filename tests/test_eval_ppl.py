@@ -4,6 +4,7 @@ side."""
 import json
 import math
 import os
+import types
 
 import numpy as np
 import pytest
@@ -112,3 +113,11 @@ def test_a_baseline_of_another_segment_length_is_refused(tmp_path):
   ours = save_run(tmp_path / "ours", "infini")
   with pytest.raises(gin_flags.ConfigError, match="segment_len 16 is not a multiple of the model.s 64"):
     eval_ppl.main(GIN + [f"--checkpoint={ours}", f"--baseline_checkpoint={ours}"])
+
+
+def test_model_names_tell_the_segment_1_option_and_full_attention_apart():
+  def name(**changes):
+    return ppl.model_name(types.SimpleNamespace(cfg=ModelConfig(**changes)), 7, SEG)
+  assert name(segment_len=SEG) == "infini/linear@7"
+  assert name(segment_len=SEG, empty_memory_gate="local_only") == "infini/linear/local_only@7"
+  assert name(segment_len=4 * SEG, memory="none") == f"none/seg{4 * SEG}@7"
