@@ -98,7 +98,8 @@ def test_entry_point_compares_with_the_baseline(tmp_path, capsys):
     assert model["buckets"]["1"]["tokens"] == 2 * SEG      # two windows of a validation work
     assert model["buckets"]["17+"]["tokens"] == 2 * 2 * SEG
     assert np.isfinite(model["buckets"]["all"]["ppl"])
-    assert math.isclose(model["buckets"]["all"]["bits"], model["buckets"]["all"]["loss"] / math.log(2))
+    everything = model["buckets"]["all"]
+    assert math.isclose(everything["bits"], everything["loss"] / math.log(2))
   assert infini["tokens_per_segment"] == none["tokens_per_segment"]   # the same windows
   assert none["vs_none"] is None and math.isclose(
       infini["vs_none"]["1"], infini["buckets"]["1"]["bits"] / none["buckets"]["1"]["bits"] - 1)

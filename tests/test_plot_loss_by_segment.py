@@ -1,4 +1,4 @@
-"""scripts/plot_loss_by_segment.py: a PNG of bits by segment from two hand-written ppl.json files."""
+"""scripts/plot_loss_by_segment.py: a PNG of bits by segment from hand-written ppl.json files."""
 
 import json
 import math

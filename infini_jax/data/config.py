@@ -105,8 +105,9 @@ class DataConfig:
     if not self.passkey_dilution >= 1.0:
       raise UserError(f"passkey_dilution {self.passkey_dilution} must be >= 1 (1: off)")
     if not 0.0 <= self.passkey_natural_filler_rate <= 1.0:
-      raise UserError(f"DataConfig.passkey_natural_filler_rate={self.passkey_natural_filler_rate!r} "
-                      "must be a fraction in [0, 1] (0: the tiled filler only)")
+      raise UserError(f"DataConfig.passkey_natural_filler_rate="
+                      f"{self.passkey_natural_filler_rate!r} must be a fraction in [0, 1] (0: the "
+                      "tiled filler only)")
     if not isinstance(self.passkey_vary_wording, bool):
       raise UserError(f"DataConfig.passkey_vary_wording={self.passkey_vary_wording!r} must be True "
                       "or False")

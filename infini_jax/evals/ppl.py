@@ -1,5 +1,6 @@
 """Held-out loss by position in the document: per-segment sums over windows of the validation
-split (bucketed and reported by ``ppl_report``). The command is ``python -m infini_jax.eval_ppl``."""
+split (bucketed and reported by ``ppl_report``). The command is
+``python -m infini_jax.eval_ppl``."""
 
 import dataclasses
 
@@ -11,6 +12,7 @@ from flax import nnx
 from infini_jax import loss, sharding
 from infini_jax.inputs import make_pipeline
 from infini_jax.model.transformer import scan_segments
+
 
 def held_out_data(data_cfg, segments: int, batch_size: int | None):
   """The run's data config turned into windows of ``segments`` segments of its corpus."""
