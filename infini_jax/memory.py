@@ -41,6 +41,12 @@ def init_memory(batch: int, heads: int, d_key: int, d_value: int, dtype=jnp.floa
   )
 
 
+def is_empty(memory: Memory) -> jax.Array:
+  """``[batch, heads]`` bool: True where nothing has been written (z == 0; sigma > 0, so any write
+  of positive weight makes z positive)."""
+  return jnp.all(memory.z == 0, axis=-1)
+
+
 def _check_shapes(memory: Memory, name: str, x: jax.Array, last_dim: int, what: str) -> None:
   batch, heads, d_key, d_value = memory.M.shape
   if memory.z.shape != (batch, heads, d_key):

@@ -1,5 +1,6 @@
 """InfiniAttention against a float64 numpy implementation of eqs. 6-11 with GQA."""
 
+import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,8 +8,8 @@ import pytest
 from flax import nnx
 
 from infini_jax.model import ModelConfig
-from infini_jax.model.attention import InfiniAttention, local_attention
-from infini_jax.memory import init_memory
+from infini_jax.model.attention import InfiniAttention, KVCache, local_attention
+from infini_jax.memory import init_memory, is_empty
 
 
 def np_rope(x, theta):
@@ -25,8 +26,11 @@ def np_sigma(x):
   return np.where(x > 0, x + 1.0, np.exp(x))
 
 
-def np_layer(x_segments, wq, wk, wv, wo, beta, rule, theta):
-  """Per head h, kv head h // G: local softmax with RoPE + memory read/write without PE, gated."""
+def np_layer(x_segments, wq, wk, wv, wo, beta, rule, theta, empty_memory_gate="paper"):
+  """Per head h, kv head h // G: local softmax with RoPE + memory read/write without PE, gated.
+
+  empty_memory_gate="local_only": a head whose memory is still empty (z = 0) gives its local
+  result alone (gate 0)."""
   d_model, heads, d = wq.shape
   kv_heads = wk.shape[1]
   group = heads // kv_heads
@@ -49,6 +53,8 @@ def np_layer(x_segments, wq, wk, wv, wo, beta, rule, theta):
       sq = np_sigma(q[:, h])
       read = np.zeros((n, d)) if not z[j].any() else (sq @ M[j]) / (sq @ z[j])[:, None]
       g = 1 / (1 + np.exp(-beta[h]))
+      if empty_memory_gate == "local_only" and not z[j].any():
+        g = 0.0
       heads_out[:, h] = g * read + (1 - g) * local
     for j in range(kv_heads):
       sk, vv = np_sigma(k[:, j]), v[:, j]
@@ -80,6 +86,58 @@ def test_layer_matches_numpy_over_segments(rule):
     want = np_layer([x[b] for x in xs], *params, beta, rule, cfg.rope_theta)
     for s in range(3):
       np.testing.assert_allclose(got[s][b], want[s], rtol=2e-4, atol=2e-4)
+
+
+def test_local_only_while_the_memory_is_empty_per_row():
+  """empty_memory_gate="local_only": the local path alone while a row's memory is empty, eq. 10
+  after; one row's memory is kept empty through its first segment (write weight 0), so the two
+  rows of one batch are in different states at the second segment. Training and decoding paths."""
+  cfg = ModelConfig(d_model=32, num_heads=4, num_kv_heads=2, head_dim=8, segment_len=6,
+                    attention_impl="reference", empty_memory_gate="local_only")
+  layer = InfiniAttention(cfg, rngs=nnx.Rngs(3))
+  beta = np.array([-2.0, -0.5, 0.7, 2.5])
+  layer.beta[...] = jnp.asarray(beta, jnp.float32)
+  rng = np.random.default_rng(1)
+  xs = [rng.normal(size=(2, 6, 32)).astype(np.float32) for _ in range(3)]
+  params = [np.asarray(w[...], np.float64) for w in (layer.w_q, layer.w_k, layer.w_v, layer.w_o)]
+  weights = [np.float32([[0] * 6, [1] * 6])] + [np.ones((2, 6), np.float32)] * 2  # row 0: no write
+  call = nnx.jit(lambda layer, *args: layer(*args))   # numpy in, compiled: eager ops cost seconds
+  empty = init_memory(2, 2, 8, 8)
+
+  def run(layer):
+    state, outs = empty, []
+    for x, w in zip(xs, weights):
+      out, state = call(layer, x, state, w)
+      outs.append(out)
+    return outs, state
+
+  got = [np.asarray(out) for out in run(layer)[0]]
+  rows = [[x[b].astype(np.float64) for x in xs] for b in range(2)]
+  ref = functools.partial(np_layer, wq=params[0], wk=params[1], wv=params[2], wo=params[3],
+                          beta=beta, rule="linear", theta=cfg.rope_theta)
+  want_row0 = (ref(rows[0][:1], empty_memory_gate="local_only")
+               + ref(rows[0][1:], empty_memory_gate="local_only"))
+  want_row1 = ref(rows[1], empty_memory_gate="local_only")
+  paper = ref(rows[1])
+  for s in range(3):
+    np.testing.assert_allclose(got[s][0], want_row0[s], rtol=2e-4, atol=2e-4)
+    np.testing.assert_allclose(got[s][1], want_row1[s], rtol=2e-4, atol=2e-4)
+  assert np.abs(want_row1[0] - paper[0]).max() > 1e-2             # the first segment differs ...
+  np.testing.assert_allclose(want_row1[1], paper[1], rtol=1e-12)  # ... the later ones do not
+
+  # Decoding (one token at a time against the segment's cache) gives the same second segment.
+  state = call(layer, xs[0], empty, weights[0])[1]
+  cache = KVCache(np.zeros((2, 6, 2, 8), np.float32), np.zeros((2, 6, 2, 8), np.float32))
+  for t in range(6):
+    write = np.full((2, 6), float(t == 5), np.float32)
+    out, new_state, cache = call(layer, xs[1][:, t:t + 1], state, write, cache,
+                                 np.full((2,), t, np.int32))
+    np.testing.assert_allclose(np.asarray(out)[:, 0], got[1][:, t], rtol=2e-4, atol=2e-4)
+  assert not np.asarray(is_empty(new_state)).any()
+
+  grads = nnx.jit(nnx.grad(lambda layer: sum(jnp.sum(out ** 2) for out in run(layer)[0])))(layer)
+  beta_grad = np.asarray(grads.beta[...])
+  assert np.all(np.isfinite(beta_grad)) and np.all(beta_grad != 0)
 
 
 @pytest.mark.parametrize("impl", ["xla"])

@@ -398,7 +398,8 @@ def test_conversion_onto_8_devices_equals_one(llama_dir):
 
 
 def test_export_then_import_is_exact(llama_dir, tmp_path):
-  cfg = llama.config_from_hf(LLAMA, segment_len=SEQ, update_rule="delta")
+  cfg = llama.config_from_hf(LLAMA, segment_len=SEQ, update_rule="delta",
+                             empty_memory_gate="local_only")
   params, report = llama.load_hf_params(llama_dir[0], cfg)
   assert report["initialised"] == ["blocks/attn/beta"]
   # Trained-looking gates, so that the extra tensors are really carried across.

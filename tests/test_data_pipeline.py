@@ -11,7 +11,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from infini_jax import data
-from infini_jax.data import passkey
+from infini_jax.data import fillers, passkey
 
 tfds.disable_progress_bar()
 EOS = 1
@@ -152,6 +152,22 @@ def test_passkey_task_trains_on_the_key_and_splits_use_their_own_seeds(tmp_path)
     data.build_pipeline(dataclasses.replace(cfg, passkey_segments=(4, 9)))
   with pytest.raises(ValueError, match="shorter than the passkey prompt"):
     data.build_pipeline(dataclasses.replace(cfg, passkey_segments=(2, 6)))
+
+
+def test_passkey_task_with_natural_haystacks_and_varied_wording(tmp_path):
+  cfg = data.DataConfig(task="passkey", seq_len=512, segment_len=64, passkey_segments=(4, 6),
+                        passkey_digits=1, batch_size=4, shuffle=False, data_dir=str(tmp_path),
+                        passkey_natural_filler_rate=0.5, passkey_vary_wording=True)
+  batch = data.build_pipeline(cfg).next_global(None)
+  for row in range(4):
+    want = passkey.training_example(
+        data.get_vocabulary("byte"), passkey.example_seed("train", row), 64, (4, 6), 1,
+        natural_text=fillers.training_text(), natural_rate=0.5, vary_wording=True)
+    np.testing.assert_array_equal(batch["inputs"][row, :len(want["inputs"])], want["inputs"])
+  with pytest.raises(ValueError, match="DataConfig.passkey_natural_filler_rate=1.5 must be"):
+    dataclasses.replace(cfg, passkey_natural_filler_rate=1.5)
+  with pytest.raises(ValueError, match="DataConfig.passkey_vary_wording='yes' must be True or"):
+    dataclasses.replace(cfg, passkey_vary_wording="yes")
 
 
 def test_passkey_mixture(corpus_cfg):

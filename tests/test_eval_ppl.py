@@ -1,8 +1,10 @@
-"""eval_ppl on tiny random models: per-segment sums, position buckets, a baseline side by side."""
+"""eval_ppl on tiny random models: per-segment sums, position buckets in bits, a baseline side by
+side."""
 
 import json
 import math
 import os
+import types
 
 import numpy as np
 import pytest
@@ -10,7 +12,7 @@ from flax import nnx
 
 from infini_jax import checkpoint
 from infini_jax.commands import eval_ppl, gin_flags
-from infini_jax.evals import ppl
+from infini_jax.evals import ppl, ppl_report
 from infini_jax.data import DataConfig
 from infini_jax.model import InfiniTransformer, ModelConfig
 
@@ -34,11 +36,44 @@ def save_run(directory, memory):
 def test_buckets_sum_the_right_segments():
   nll = np.arange(1.0, 21.0)            # segment s (1-based) has loss s per token
   weight = np.full(20, 2.0)
-  got = ppl.buckets(nll * weight, weight)
+  got = ppl_report.buckets(nll * weight, weight)
   assert got["1"]["loss"] == 1.0 and got["2-4"]["loss"] == 3.0
   assert got["5-16"]["loss"] == 10.5 and got["17+"]["loss"] == 18.5
   assert got["17+"]["tokens"] == 8.0 and math.isclose(got["all"]["ppl"], math.exp(10.5))
-  assert ppl.buckets(nll[:4], weight[:4])["5-16"] is None
+  assert ppl_report.buckets(nll[:4], weight[:4])["5-16"] is None
+
+
+def result(name, memory, nats_per_token, knocked=None, segment_len=SEG):
+  tokens = np.full(20, 100.0)
+  def sums(nats):
+    return dict(nll_per_segment=(nats * tokens).tolist(), tokens_per_segment=tokens.tolist(),
+                buckets=ppl_report.buckets(nats * tokens, tokens))
+  return dict(name=name, memory=memory, segment_len=segment_len, **sums(nats_per_token),
+              knocked_out=None if knocked is None else sums(knocked))
+
+
+def test_bits_per_byte_by_hand_and_the_change_against_none():
+  ln2 = math.log(2)
+  # Segment s: infini 1.5 bits per byte on segment 1, 1.2 later; none 1.6 everywhere.
+  infini = result("infini", "infini", np.r_[1.5, [1.2] * 19] * ln2, knocked=np.full(20, 1.7 * ln2))
+  none = result("none", "none", np.full(20, 1.6 * ln2))
+  full = result("full", "none", np.full(20, 1.0 * ln2), segment_len=20 * SEG)
+  b = infini["buckets"]
+  assert math.isclose(b["1"]["bits"], 1.5) and math.isclose(b["5-16"]["bits"], 1.2)
+  assert math.isclose(b["all"]["bits"], (1.5 + 19 * 1.2) / 20)      # 1.215 bits per byte
+  assert math.isclose(infini["knocked_out"]["buckets"]["17+"]["bits"], 1.7)
+  np.testing.assert_allclose(ppl_report.bits_per_segment(infini), [1.5] + [1.2] * 19)
+  assert ppl_report.none_baseline([infini, full, none], SEG) is none   # not full attention
+  change = ppl_report.relative_change(infini["buckets"], none["buckets"])
+  assert math.isclose(change["1"], 1.5 / 1.6 - 1) and math.isclose(change["5-16"], -0.25)
+  text = ppl_report.table([infini, none], SEG, ppl_report.bits_unit("byte"))
+  assert text.startswith("bits per byte;") and text.splitlines()[0].endswith("relative to none")
+  header, row1, row5 = text.splitlines()[1], text.splitlines()[2], text.splitlines()[4]
+  assert header.split()[2:] == ["infini", "infini", "ko", "infini", "vs", "none", "none"]
+  assert row1.split() == ["1", "100", "1.5000", "1.7000", "-6.25%", "1.6000"]
+  assert row5.split() == ["5-16", "1200", "1.2000", "1.7000", "-25.00%", "1.6000"]
+  assert ppl_report.bits_unit("sentencepiece:/m.model") == "bits per token"
+  assert "vs none" not in ppl_report.table([infini, full], SEG, "bits per token")
 
 
 def test_held_out_data_is_the_corpus_in_long_windows():
@@ -63,13 +98,27 @@ def test_entry_point_compares_with_the_baseline(tmp_path, capsys):
     assert model["buckets"]["1"]["tokens"] == 2 * SEG      # two windows of a validation work
     assert model["buckets"]["17+"]["tokens"] == 2 * 2 * SEG
     assert np.isfinite(model["buckets"]["all"]["ppl"])
+    everything = model["buckets"]["all"]
+    assert math.isclose(everything["bits"], everything["loss"] / math.log(2))
   assert infini["tokens_per_segment"] == none["tokens_per_segment"]   # the same windows
-  assert json.loads((tmp_path / "ppl.json").read_text())["models"][1]["memory"] == "none"
+  assert none["vs_none"] is None and math.isclose(
+      infini["vs_none"]["1"], infini["buckets"]["1"]["bits"] / none["buckets"]["1"]["bits"] - 1)
+  written = json.loads((tmp_path / "ppl.json").read_text())
+  assert written["models"][1]["memory"] == "none" and written["unit"] == "bits per byte"
   out = capsys.readouterr().out
-  assert "infini/linear@3" in out and "none@3" in out and "17+" in out
+  assert "infini/linear@3 vs none" in out and "none@3" in out and "17+" in out
+  assert "held-out bits per byte" in out
 
 
 def test_a_baseline_of_another_segment_length_is_refused(tmp_path):
   ours = save_run(tmp_path / "ours", "infini")
   with pytest.raises(gin_flags.ConfigError, match="segment_len 16 is not a multiple of the model.s 64"):
     eval_ppl.main(GIN + [f"--checkpoint={ours}", f"--baseline_checkpoint={ours}"])
+
+
+def test_model_names_tell_the_segment_1_option_and_full_attention_apart():
+  def name(**changes):
+    return ppl.model_name(types.SimpleNamespace(cfg=ModelConfig(**changes)), 7, SEG)
+  assert name(segment_len=SEG) == "infini/linear@7"
+  assert name(segment_len=SEG, empty_memory_gate="local_only") == "infini/linear/local_only@7"
+  assert name(segment_len=4 * SEG, memory="none") == f"none/seg{4 * SEG}@7"

@@ -1,4 +1,4 @@
-"""configs/long_context: five models per corpus at equal parameters (within 1%) and tokens."""
+"""configs/long_context: the models of each corpus at equal parameters (within 1%) and tokens."""
 
 import os
 
@@ -11,7 +11,7 @@ from infini_jax.evals import state
 from infini_jax.training import step
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MODELS = ("infini_linear", "infini_delta", "none", "xl", "full")
+MODELS = ("infini_linear", "infini_delta", "none", "xl", "full", "infini_linear_local_first")
 
 
 def parameters(cfg) -> int:
@@ -25,6 +25,8 @@ def test_five_models_of_a_corpus_match_in_parameters_and_tokens(corpus):
              for m in MODELS}
   kinds = {m: (c.model.memory, c.model.update_rule) for m, c in configs.items()}
   assert kinds["infini_linear"] == ("infini", "linear") and kinds["infini_delta"] == ("infini", "delta")
+  assert kinds["infini_linear_local_first"] == ("infini", "linear")
+  assert [c.model.empty_memory_gate for c in configs.values()] == ["paper"] * 5 + ["local_only"]
   assert [kinds[m][0] for m in ("none", "xl", "full")] == ["none", "xl", "none"]
   counts = {m: parameters(c.model) for m, c in configs.items()}
   assert max(counts.values()) <= 1.01 * min(counts.values()), counts

@@ -1,5 +1,7 @@
 """The passkey prompt generator: plain Python, deterministic, exact lengths, key at the depth."""
 
+import functools
+import hashlib
 import subprocess
 import sys
 import time
@@ -7,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from infini_jax.data import passkey
+from infini_jax.data import fillers, passkey
 
 
 def encode(text):  # the byte vocabulary's ids, without importing seqio
@@ -121,3 +123,85 @@ def test_dilution_writes_all_but_the_key_sentence_r_times():
     factors.append(np.log(r[0]) / np.log(16.0))
   # log-uniform in [1, 16]: log r / log 16 is uniform in [0, 1].
   assert 0.3 < np.mean(factors) < 0.7 and min(factors) < 0.2 and max(factors) > 0.8
+
+
+# sha1 of training_example's features for seeds 0, 1, 2, 7, 10 (segment_len 128, 2-4 segments,
+# 3 digits, dilution 16), computed with passkey.py as it was before the haystacks and wordings
+# could vary (commit 5b7aaf9).
+PAPER_PROMPTS_SHA1 = "3bb24d09ed82250c308df50d7e92d21121457955"
+
+
+def digest(**kwargs):
+  h = hashlib.sha1()
+  for seed in (0, 1, 2, 7, 10):
+    ex = passkey.training_example(encode, seed, segment_len=128, segments=(2, 4), digits=3,
+                                  dilution=16.0, **kwargs)
+    for k in ("inputs", "targets", "loss_mask", "memory_weight"):
+      h.update(np.ascontiguousarray(ex[k]).tobytes())
+  return h.hexdigest()
+
+
+def test_rate_0_and_the_paper_wording_give_the_old_prompts_exactly():
+  assert digest() == PAPER_PROMPTS_SHA1
+  assert digest(natural_text="Some other text. " * 100, natural_rate=0.0,
+                vary_wording=False) == PAPER_PROMPTS_SHA1
+  assert digest(vary_wording=True) != PAPER_PROMPTS_SHA1
+
+
+def parts(ex, key):
+  """(filler before, key sentence, filler after, question) of a training example's prompt."""
+  once = np.flatnonzero(ex["memory_weight"] == 1.0)          # the key sentence (dilution > 1)
+  n = len(ex["inputs"]) - len(encode(" " + key)) + 1          # the prompt, without the answer
+  prompt = ex["inputs"][:n]
+  before = decode(prompt[:once[0]])
+  assert before.startswith(passkey.INSTRUCTION)
+  question = next(q for q in passkey.QUESTIONS if decode(prompt).endswith(q))
+  after = decode(prompt[once[-1] + 1:n - len(encode(question))])
+  return before[len(passkey.INSTRUCTION):], decode(prompt[once]), after, question
+
+
+def sentence_text(sentence, key):
+  return f" {key}".join(sentence)
+
+
+def test_natural_filler_is_training_text_and_the_key_only():
+  text = fillers.training_text()
+  held_out = fillers.filler_text("plays_validation")
+  kinds = []
+  for seed in range(12):
+    ex = passkey.training_example(encode, seed, segment_len=64, segments=(4, 16), digits=1,
+                                  dilution=4.0, natural_text=text, natural_rate=0.5,
+                                  vary_wording=True)
+    key = passkey.make_key(seed, 1)
+    before, sentence, after, question = parts(ex, key)
+    assert sentence in [sentence_text(s, key) for s in passkey.KEY_SENTENCES]
+    assert question in passkey.QUESTIONS
+    haystack = before + after
+    natural = haystack not in passkey.FILLER * (len(haystack) // len(passkey.FILLER) + 2)
+    kinds.append(natural)
+    if natural:    # one passage of the training works, cut by the key sentence
+      assert haystack in text and haystack[:60] not in held_out and haystack[-60:] not in held_out
+    mask = ex["loss_mask"] > 0
+    assert decode(ex["targets"][mask]) == " " + key and mask[-2:].all() and mask.sum() == 2
+  assert 0 < sum(kinds) < len(kinds)      # both kinds of haystack at rate 0.5
+
+
+def test_wording_varies_with_the_seed_and_is_fixed_by_it():
+  text = fillers.training_text()
+  seen = set()
+  for seed in range(24):
+    make = functools.partial(passkey.training_example, encode, seed, segment_len=64,
+                             segments=(4, 6), digits=2, dilution=2.0, natural_text=text,
+                             natural_rate=1.0, vary_wording=True)
+    first, again = make(), make()
+    for k in first:
+      np.testing.assert_array_equal(first[k], again[k])
+    _, sentence, _, question = parts(first, passkey.make_key(seed, 2))
+    seen.add((sentence.replace(passkey.make_key(seed, 2), "K"), question))
+  assert len({s for s, _ in seen}) == len(passkey.KEY_SENTENCES)
+  assert len({q for _, q in seen}) == len(passkey.QUESTIONS)
+
+
+def test_natural_rate_needs_the_text():
+  with pytest.raises(ValueError, match="needs natural_text"):
+    passkey.training_example(encode, 0, 64, (4, 4), 1, natural_rate=1.0)

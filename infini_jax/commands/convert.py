@@ -41,10 +41,11 @@ RECIPE = "continual/llama3_2_1b.gin"
 
 
 def recipe_settings() -> dict:
-  """segment_len, memory, update_rule and gate_init as configs/``RECIPE`` sets them."""
+  """segment_len, memory, update_rule and gate_init as configs/``RECIPE`` sets them (and
+  empty_memory_gate where it does; else ModelConfig's default)."""
   gin_flags.parse([RECIPE], [], [])
   bound = gin_flags.bindings_of("ModelConfig")
-  return {k: bound[k] for k in INFINI_FIELDS}
+  return {k: bound[k] for k in INFINI_FIELDS if k in bound}
 
 
 def main(argv=None) -> None:

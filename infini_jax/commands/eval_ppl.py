@@ -1,4 +1,4 @@
-"""Held-out perplexity by position in the document: ``python -m infini_jax.eval_ppl``.
+"""Held-out loss by position in the document, in bits: ``python -m infini_jax.eval_ppl``.
 
     python -m infini_jax.eval_ppl --gin_file=configs/passkey_tiny.gin \\
         --baseline_gin_file=configs/passkey_tiny_none.gin
@@ -6,8 +6,12 @@
 The validation split of the run's corpus (for a "<corpus>_passkey" mixture, the corpus alone) is
 cut into windows of ``--segments`` segments, each read from an empty memory, and the loss is summed
 per segment (``step.loss_sums``). Buckets: the first segment (local attention only, for every
-model), segments 2-4, 5-16 and 17+ (where a memory can help most). With a baseline, both models
-read the same windows and are printed side by side.
+model), segments 2-4, 5-16 and 17+ (where a memory can help most). The table gives bits per byte
+for the byte vocabulary (nats / ln 2 per byte token), else bits per token, labelled so
+(``evals.ppl_report``). With a baseline, both models read the same windows and are printed side
+by side; when one of them has ``memory="none"`` (and the main run's segment length), the other's
+relative change against it is printed too ("NAME vs none") and written as ``vs_none``.
+``scripts/plot_loss_by_segment.py`` plots the per-segment losses of several ``ppl.json`` files.
 
 Own flags (the rest are gin flags, as for the trainer):
   --checkpoint=DIR            a run directory, its checkpoints/ or one step (default MODEL_DIR's)
@@ -33,7 +37,7 @@ import sys
 
 from infini_jax import paths
 from infini_jax.commands import gin_flags, runs
-from infini_jax.evals import ppl, state
+from infini_jax.evals import ppl, ppl_report, state
 
 FLAGS = ("checkpoint", "segments", "batch_size", "batches", "baseline_checkpoint",
          "baseline_gin_file", "out")
@@ -85,7 +89,7 @@ def main(argv=None) -> dict:
 
   def sums(t):
     return dict(nll_per_segment=t["nll"].tolist(), tokens_per_segment=t["weight"].tolist(),
-                buckets=ppl.buckets(t["nll"], t["weight"]))
+                buckets=ppl_report.buckets(t["nll"], t["weight"]))
 
   results = [dict(name=ppl.model_name(r.model, r.step, data_cfg.segment_len), checkpoint=r.checkpoint, step=r.step,
                   memory=r.model.cfg.memory, update_rule=r.model.cfg.update_rule,
@@ -93,12 +97,18 @@ def main(argv=None) -> dict:
                   state_per_sequence=state.state_per_sequence(r.model.cfg), **sums(t),
                   knocked_out=None if k is None else sums(k))
              for r, t, k in zip(models, totals, knocked)]
+  base = ppl_report.none_baseline(results, data_cfg.segment_len)
+  for result in results:
+    result["vs_none"] = (None if base is None or result is base
+                         else ppl_report.relative_change(result["buckets"], base["buckets"]))
+  unit = ppl_report.bits_unit(data_cfg.vocabulary)
   report = dict(task=data_cfg.task, split="validation", segments=data_cfg.segments,
-                segment_len=data_cfg.segment_len, batches=batches, models=results)
+                segment_len=data_cfg.segment_len, batches=batches, unit=unit, models=results)
   paths.write_text(os.path.join(out, "ppl.json"), json.dumps(report, indent=1))
-  print(f"held-out perplexity per token by segment of the window ({data_cfg.task} validation, "
-        f"{batches} batches of {data_cfg.batch_size} x {data_cfg.segments} segments of "
-        f"{data_cfg.segment_len} tokens)\n{ppl.table(results)}", flush=True)
+  print(f"held-out {unit} by segment of the window ({data_cfg.task} validation, {batches} "
+        f"batches of {data_cfg.batch_size} x {data_cfg.segments} segments of "
+        f"{data_cfg.segment_len} tokens)\n"
+        f"{ppl_report.table(results, data_cfg.segment_len, unit)}", flush=True)
   for r, result in zip(models, results):
     print(f"state per sequence of {result['name']}: {state.describe(r.model.cfg)}", flush=True)
   print(f"wrote {os.path.join(out, 'ppl.json')}", flush=True)

@@ -43,6 +43,13 @@ class DataConfig:
   passkey_segments: inclusive range of the lengths, in segments, of training passkey examples.
   passkey_digits: digits of the pass keys of training examples.
   passkey_filler: a text file whose text replaces the paper's filler sentences.
+  passkey_natural_filler_rate: in [0, 1]: the fraction of training passkey prompts whose haystack
+    is a passage of natural text, drawn at random from the Shakespeare works of the train split
+    (data/fillers.py: training_text; never the validation plays nor the evaluation fillers), in
+    place of the tiled filler (the paper's, or passkey_filler's). 0: off. Evaluation is unchanged.
+  passkey_vary_wording: training passkey prompts draw their key sentence and question from a few
+    paraphrases of the paper's (passkey.KEY_SENTENCES, QUESTIONS); the answer stays " <key>".
+    Evaluation keeps the paper's wording.
   passkey_loss_weight: the loss weight of each answer token of a passkey example, relative to a
     text token's 1. A passkey example has a few answer tokens against a text example's seq_len
     targets, so in a mixture its share of the gradient is about (digits + 1) / seq_len; a weight near
@@ -75,6 +82,8 @@ class DataConfig:
   passkey_filler: Optional[str] = None
   passkey_loss_weight: float = 1.0
   passkey_dilution: float = 1.0
+  passkey_natural_filler_rate: float = 0.0
+  passkey_vary_wording: bool = False
   seed: int = 0
   shuffle: bool = True
   records_dir: Optional[str] = None
@@ -95,6 +104,13 @@ class DataConfig:
       raise UserError(f"passkey_loss_weight {self.passkey_loss_weight} must be positive")
     if not self.passkey_dilution >= 1.0:
       raise UserError(f"passkey_dilution {self.passkey_dilution} must be >= 1 (1: off)")
+    if not 0.0 <= self.passkey_natural_filler_rate <= 1.0:
+      raise UserError(f"DataConfig.passkey_natural_filler_rate="
+                      f"{self.passkey_natural_filler_rate!r} must be a fraction in [0, 1] (0: the "
+                      "tiled filler only)")
+    if not isinstance(self.passkey_vary_wording, bool):
+      raise UserError(f"DataConfig.passkey_vary_wording={self.passkey_vary_wording!r} must be True "
+                      "or False")
     if self.read_threads < 1 or self.read_workers < 0:
       raise UserError(f"read_threads {self.read_threads} must be >= 1 and read_workers "
                       f"{self.read_workers} >= 0")

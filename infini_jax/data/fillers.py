@@ -7,14 +7,18 @@
 - "glaciers": ``fillers/glaciers.txt``, about 4 KB of plain English prose on how glaciers form,
   move and shape land, written for infini_jax (no digits, no drama): a text of another kind that
   no training data contains.
+
+Training's natural-text haystacks (``DataConfig.passkey_natural_filler_rate``) are passages of
+``training_text()``: the Shakespeare works of the corpus's train split, so never a held-out one.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.resources
 import os
 
-from infini_jax.data import corpus
+from infini_jax.data import corpus, text_files
 from infini_jax.data.passkey import FILLER
 from infini_jax.errors import UserError
 
@@ -39,3 +43,13 @@ def filler_text(name: str) -> str:
         encoding="utf-8")
   raise UserError(f"--filler={name}: unknown filler; use one of {', '.join(NAMES)}, or "
                   "--filler_file=PATH for a text file of your own")
+
+
+@functools.cache
+def training_text() -> str:
+  """The Shakespeare works of the corpus's train split (all but ``SHAKESPEARE_VALIDATION``, by the
+  corpus's own split rule), one after the other: about 4.5 MB of the training text."""
+  files = text_files.list_files(corpus.shakespeare_pattern())
+  docs = dict(text_files.iter_documents(files))
+  held_out = text_files.validation_ids(list(docs), corpus.SHAKESPEARE_VALIDATION)
+  return "\n\n".join(text for doc_id, text in docs.items() if doc_id not in held_out)

@@ -20,13 +20,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import itertools
 
 from infini_jax.data import quiet_tf  # noqa: F401, I001  (first: a quiet TensorFlow import)
 import seqio
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from infini_jax.data import corpus, local_text, passkey, text_files
+from infini_jax.data import corpus, fillers, local_text, passkey, text_files
 from infini_jax.data.config import DataConfig
 from infini_jax.data.vocab import get_vocabulary
 from infini_jax.errors import UserError
@@ -192,7 +193,8 @@ def _output_features(vocabulary: str):
 _DEFAULT = DataConfig()
 _CORPUS_FIELDS = ("vocabulary", "pack", "min_doc_tokens", "data_dir")
 _PASSKEY_FIELDS = ("vocabulary", "segment_len", "passkey_segments", "passkey_digits",
-                   "passkey_filler", "passkey_loss_weight", "passkey_dilution")
+                   "passkey_filler", "passkey_loss_weight", "passkey_dilution",
+                   "passkey_natural_filler_rate", "passkey_vary_wording")
 
 
 def _variant(base: str, cfg: DataConfig, fields, extra=()) -> str:
@@ -245,18 +247,26 @@ def _register_passkey_task(cfg: DataConfig) -> str:
       filler = text_files.read_text(cfg.passkey_filler, "DataConfig.passkey_filler")
     vocab = get_vocabulary(cfg.vocabulary)
     shortest = cfg.passkey_segments[0] * cfg.segment_len
+    # The shortest prompt with the longest wording it may draw (a paraphrase may be longer).
+    wordings = (itertools.product(passkey.KEY_SENTENCES, passkey.QUESTIONS)
+                if cfg.passkey_vary_wording else [(passkey.KEY_SENTENCES[0], passkey.QUESTION)])
+    answer = len(vocab.encode(" " + passkey.make_key(0, cfg.passkey_digits)))
     try:
-      passkey.training_example(vocab, 0, cfg.segment_len, (cfg.passkey_segments[0],) * 2,
-                               cfg.passkey_digits, filler)
+      for sentence, question in wordings:
+        passkey.make_example(vocab, shortest + 1 - answer, 0.5, cfg.passkey_digits, 0, filler,
+                             sentence, question)
     except ValueError as e:
       raise UserError(
           f"passkey examples of {cfg.passkey_segments[0]} segments ({shortest} tokens) are "
           f"shorter than the passkey prompt ({e}); raise passkey_segments[0] or "
           "segment_len") from None
+    natural = fillers.training_text() if cfg.passkey_natural_filler_rate else None
     make = functools.partial(
         passkey.training_example, vocab, segment_len=cfg.segment_len,
         segments=cfg.passkey_segments, digits=cfg.passkey_digits, filler_text=filler,
-        answer_weight=cfg.passkey_loss_weight, dilution=cfg.passkey_dilution)
+        answer_weight=cfg.passkey_loss_weight, dilution=cfg.passkey_dilution,
+        natural_text=natural, natural_rate=cfg.passkey_natural_filler_rate,
+        vary_wording=cfg.passkey_vary_wording)
     seqio.TaskRegistry.add(
         task,
         source=PasskeySource(make),

@@ -1,8 +1,8 @@
 """Held-out loss by position in the document: per-segment sums over windows of the validation
-split, bucketed by segment index. The command is ``python -m infini_jax.eval_ppl``."""
+split (bucketed and reported by ``ppl_report``). The command is
+``python -m infini_jax.eval_ppl``."""
 
 import dataclasses
-import math
 
 import jax
 import jax.numpy as jnp
@@ -12,9 +12,6 @@ from flax import nnx
 from infini_jax import loss, sharding
 from infini_jax.inputs import make_pipeline
 from infini_jax.model.transformer import scan_segments
-
-# (name, first segment, last segment or None), 1-based and inclusive.
-BUCKETS = (("1", 1, 1), ("2-4", 2, 4), ("5-16", 5, 16), ("17+", 17, None))
 
 
 def held_out_data(data_cfg, segments: int, batch_size: int | None):
@@ -93,45 +90,14 @@ def per_segment_sums(runs, data_cfg, vocab_size: int, max_batches: int | None,
   return totals, batches
 
 
-def buckets(nll, weight) -> dict:
-  """{bucket: {tokens, loss, ppl}} from per-segment sums (None for buckets past the window)."""
-  out = {}
-  for name, first, last in BUCKETS + (("all", 1, None),):
-    part = slice(first - 1, last)
-    tokens = float(np.sum(weight[part]))
-    if tokens == 0:
-      out[name] = None
-      continue
-    loss = float(np.sum(nll[part]) / tokens)
-    out[name] = {"tokens": tokens, "loss": loss, "ppl": math.exp(loss)}
-  return out
-
-
-def table(results: list) -> str:
-  """Buckets as rows, one perplexity column per model (and per knocked-out model, where a result
-  has ``knocked_out`` buckets)."""
-  columns = []
-  for r in results:
-    columns.append((r["name"], r["buckets"]))
-    if r.get("knocked_out"):
-      columns.append((r["name"] + " ko", r["knocked_out"]["buckets"]))
-  names = [name for name, _ in columns]
-  lines = [f"{'segments':>9} {'tokens':>10} " + " ".join(f"{n:>16}" for n in names)]
-  for bucket in [b[0] for b in BUCKETS] + ["all"]:
-    cells = [column[bucket] for _, column in columns]
-    if all(c is None for c in cells):
-      continue
-    tokens = next(c["tokens"] for c in cells if c is not None)
-    lines.append(f"{bucket:>9} {tokens:>10.0f} " + " ".join(
-        f"{c['ppl']:>16.3f}" if c else f"{'-':>16}" for c in cells))
-  return "\n".join(lines)
-
-
 def model_name(model, step_number: int, segment_len: int | None = None) -> str:
   """E.g. "infini/linear@1000", "xl@1000"; "none/seg2048@1000" for a model whose segments are
-  not ``segment_len`` long (full attention beside a model of shorter segments)."""
+  not ``segment_len`` long (full attention beside a model of shorter segments);
+  "infini/linear/local_only@1000" with ``empty_memory_gate="local_only"``."""
   cfg = model.cfg
   memory = f"{cfg.memory}/{cfg.update_rule}" if cfg.memory == "infini" else cfg.memory
+  if cfg.memory == "infini" and cfg.empty_memory_gate != "paper":
+    memory += f"/{cfg.empty_memory_gate}"
   if segment_len is not None and cfg.segment_len != segment_len:
     memory += f"/seg{cfg.segment_len}"
   return f"{memory}@{step_number}"

@@ -61,7 +61,7 @@ _SOFT_FIELDS = ("rope_theta", "rope_scaling", "norm_eps")
 GIN_FIELDS = ("vocab_size", "num_layers", "d_model", "num_heads", "num_kv_heads", "head_dim",
               "mlp_dim", "rope_theta", "rope_scaling", "norm_eps", "tie_embeddings", "qkv_bias")
 # Our own fields that export_hf stores under "infini_attention" in config.json.
-INFINI_FIELDS = ("segment_len", "memory", "update_rule", "gate_init")
+INFINI_FIELDS = ("segment_len", "memory", "update_rule", "gate_init", "empty_memory_gate")
 # config.json's max_position_embeddings in an export: Infini-attention has no context limit (the
 # local attention never sees a position past the segment), and transformers wants a value above
 # the llama3 rope scaling's original_max_position_embeddings.
@@ -476,7 +476,8 @@ _README = """# Infini-Transformer weights in the Hugging Face Llama layout
 
 Written by `python -m infini_jax.convert --to_hf`. `config.json` and `model.safetensors` follow the
 {arch} layout, so `transformers` loads them; `config.json["infini_attention"]` holds the
-Infini-attention settings (segment_len={segment_len}, memory={memory}, update_rule={update_rule}).
+Infini-attention settings (segment_len={segment_len}, memory={memory}, update_rule={update_rule},
+empty_memory_gate={empty_memory_gate}).
 
 The Infini-attention gates, not part of {arch}, are in `infini_gates.safetensors` (transformers
 reads `model.safetensors` alone, so it loads this folder without warnings):

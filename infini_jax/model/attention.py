@@ -193,6 +193,9 @@ class InfiniAttention(nnx.Module):
     if self.cfg.memory == "infini":
       from_memory = retrieve_grouped(memory, q)
       gate = jax.nn.sigmoid(self.beta[...])[:, None]                # [heads, 1]
+      if self.cfg.empty_memory_gate == "local_only":   # beyond the paper: see ModelConfig
+        filled = ~jnp.repeat(mem.is_empty(memory), self.cfg.group_size, axis=1)   # [b, heads]
+        gate = jnp.where(filled[:, None, :, None], gate, 0.0)      # [b, 1, heads, 1]
       local = (gate * from_memory + (1.0 - gate) * local.astype(jnp.float32)).astype(dtype)
     out = jnp.einsum("bnhk,hkd->bnd", local, self.w_o[...].astype(dtype))
     return constrain(out, ("batch", "seq", "embed"))

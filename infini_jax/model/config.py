@@ -7,6 +7,7 @@ import jax.numpy as jnp
 from infini_jax.errors import UserError
 
 MEMORY_KINDS = ("infini", "none", "xl")
+EMPTY_MEMORY_GATES = ("paper", "local_only")
 REMAT_POLICIES = ("segment", "segment_and_layer", "none")
 ATTENTION_IMPLS = ("auto", "xla", "cudnn", "splash", "reference")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -31,6 +32,10 @@ class ModelConfig:
     update_rule: "linear" (eq. 8) or "delta" (eq. 9).
     dtype: compute dtype, "float32" or "bfloat16"; parameters and the memory stay float32.
     gate_init: initial value of every gate beta (sigmoid(beta) is the weight of the memory read).
+    empty_memory_gate: "paper" (eq. 10 always: with an empty memory the read is 0 and the local
+      path is still scaled by 1 - sigmoid(beta)) or "local_only" (beyond the paper: while a
+      sequence's memory of a key/value head is empty, z == 0, its heads output the local path
+      alone, gate 0; per batch row, so it holds in decoding too).
     remat: "segment" (recompute each segment in the backward pass), "segment_and_layer" (also each
       layer inside it), or "none".
     attention_impl: local-path kernel: "auto" (splash on TPU, cudnn on GPU in 16-bit floats, else
@@ -57,6 +62,7 @@ class ModelConfig:
   update_rule: str = "linear"
   dtype: str = "float32"
   gate_init: float = 0.0
+  empty_memory_gate: str = "paper"
   remat: str = "segment"
   attention_impl: str = "auto"
   rope_theta: float = 10_000.0
@@ -78,6 +84,7 @@ class ModelConfig:
       object.__setattr__(self, "rope_scaling", pairs)
     one_of("memory", self.memory, MEMORY_KINDS)
     one_of("update_rule", self.update_rule, ("linear", "delta"))
+    one_of("empty_memory_gate", self.empty_memory_gate, EMPTY_MEMORY_GATES)
     one_of("remat", self.remat, REMAT_POLICIES)
     one_of("attention_impl", self.attention_impl, ATTENTION_IMPLS)
     one_of("dtype", self.dtype, tuple(DTYPES))

@@ -1,0 +1,90 @@
+"""What ``eval_ppl`` reports: held-out loss in bits by segment bucket, the knock-out beside each
+model and the change against the ``memory="none"`` model. Plain numpy (no JAX), so the plot
+script (``scripts/plot_loss_by_segment.py``) reads ``ppl.json`` with it quickly.
+
+Bits are nats / ln 2 per token. With the byte vocabulary a token is a byte (and each document's
+EOS one more token), so the unit is bits per byte; with any other vocabulary it is bits per token
+and is labelled so.
+"""
+
+import math
+
+import numpy as np
+
+# (name, first segment, last segment or None), 1-based and inclusive. The experiment trains on
+# 16 segments, so 17+ is beyond the training length.
+BUCKETS = (("1", 1, 1), ("2-4", 2, 4), ("5-16", 5, 16), ("17+", 17, None))
+
+
+def bits_unit(vocabulary: str) -> str:
+  """"bits per byte" for the byte vocabulary (one token a byte), else "bits per token"."""
+  return "bits per byte" if vocabulary == "byte" else "bits per token"
+
+
+def buckets(nll, weight) -> dict:
+  """{bucket: {tokens, loss, bits, ppl}} from per-segment sums ``nll``, ``weight`` ``[segments]``
+  (loss in nats per token, bits = loss / ln 2; None for buckets past the window)."""
+  out = {}
+  for name, first, last in BUCKETS + (("all", 1, None),):
+    part = slice(first - 1, last)
+    tokens = float(np.sum(weight[part]))
+    if tokens == 0:
+      out[name] = None
+      continue
+    loss = float(np.sum(nll[part]) / tokens)
+    out[name] = {"tokens": tokens, "loss": loss, "bits": loss / math.log(2), "ppl": math.exp(loss)}
+  return out
+
+
+def bits_per_segment(result: dict) -> np.ndarray:
+  """``[segments]`` bits per token of each segment of a model's result (NaN where no tokens)."""
+  nll = np.asarray(result["nll_per_segment"], np.float64)
+  tokens = np.asarray(result["tokens_per_segment"], np.float64)
+  with np.errstate(invalid="ignore", divide="ignore"):
+    return np.where(tokens > 0, nll / np.where(tokens > 0, tokens, 1.0), np.nan) / math.log(2)
+
+
+def none_baseline(results: list, segment_len: int):
+  """The first result of a ``memory="none"`` model whose segments are ``segment_len`` (full
+  attention, one long segment, is an upper bound, not this baseline), or None."""
+  return next((r for r in results
+               if r["memory"] == "none" and r["segment_len"] == segment_len), None)
+
+
+def relative_change(ours: dict, base: dict) -> dict:
+  """{bucket: (ours - base) / base} of the bits of two results' buckets (None where either has
+  no tokens)."""
+  return {name: None if ours[name] is None or base[name] is None
+          else ours[name]["bits"] / base[name]["bits"] - 1.0 for name in ours}
+
+
+def table(results: list, segment_len: int, unit: str) -> str:
+  """Buckets as rows; per model a column of ``unit``, its knock-out ("NAME ko", where a result has
+  ``knocked_out`` buckets) and, when a ``memory="none"`` model of ``segment_len`` is among the
+  results, the relative change against it ("NAME vs none", in %)."""
+  base = none_baseline(results, segment_len)
+  columns = []   # (header, {bucket: cell text})
+  def number(column):
+    return {k: "-" if v is None else f"{v['bits']:.4f}" for k, v in column.items()}
+  for r in results:
+    columns.append((r["name"], number(r["buckets"])))
+    if r.get("knocked_out"):
+      columns.append((r["name"] + " ko", number(r["knocked_out"]["buckets"])))
+    if base is not None and r is not base:
+      change = relative_change(r["buckets"], base["buckets"])
+      columns.append((r["name"] + " vs none",
+                      {k: "-" if v is None else f"{100 * v:+.2f}%" for k, v in change.items()}))
+  widths = [max(len(header), 10) for header, _ in columns]
+  legend = f"{unit}; 'ko': the same windows with the memory never written"
+  if base is not None:
+    legend += f"; 'vs none': the change in {unit} relative to {base['name']}"
+  lines = [legend,
+           f"{'segments':>9} {'tokens':>10} " + " ".join(
+               f"{h:>{w}}" for (h, _), w in zip(columns, widths))]
+  for bucket in [b[0] for b in BUCKETS] + ["all"]:
+    present = [r["buckets"][bucket] for r in results if r["buckets"][bucket] is not None]
+    if not present:
+      continue
+    lines.append(f"{bucket:>9} {present[0]['tokens']:>10.0f} " + " ".join(
+        f"{cells[bucket]:>{w}}" for (_, cells), w in zip(columns, widths)))
+  return "\n".join(lines)

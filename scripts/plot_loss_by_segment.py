@@ -1,0 +1,102 @@
+"""Held-out loss by segment index, one line per model, from ``eval_ppl``'s ``ppl.json`` files.
+
+    python scripts/plot_loss_by_segment.py --out=runs/long_context/shakespeare/loss_by_segment.png \
+        --train_segments=16 runs/long_context/shakespeare/*/eval/ppl.json
+
+Every model of every file is one line (a model that several files hold, such as the
+``memory="none"`` baseline, is drawn once), in bits per byte for the byte vocabulary, else bits
+per token (``evals.ppl_report``); its knock-out (``eval_ppl --knockout``), where the file has one,
+is the same colour dashed. The files must share the task and the unit.
+
+Own flags (the rest are the ppl.json files):
+  --out=PATH            the PNG (default: loss_by_segment.png beside the first file)
+  --train_segments=N    a vertical line at the training length, N segments
+"""
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from infini_jax import paths  # noqa: E402
+from infini_jax.commands import entry  # noqa: E402
+from infini_jax.errors import UserError  # noqa: E402
+from infini_jax.evals import ppl_report  # noqa: E402
+
+
+def read_lines(files) -> tuple[dict, list]:
+  """(the reports' shared {task, unit}, [(label, bits [segments], knocked-out bits or None)])."""
+  shared, seen = None, {}   # {(name, checkpoint): the model's result}, first file first
+  for path in files:
+    try:
+      report = json.loads(paths.read_text(path))
+      this = {"task": report["task"], "unit": report["unit"]}
+      models = report["models"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+      raise UserError(f"{path}: not a ppl.json of eval_ppl ({type(e).__name__}: {e}); give the "
+                      "files that `python -m infini_jax.eval_ppl --out=DIR` writes") from None
+    if shared is None:
+      shared = this
+    elif this != shared:
+      raise UserError(f"{path} is {this}, but {files[0]} is {shared}; plot one task in one unit")
+    for model in models:
+      key = (model["name"], model["checkpoint"])
+      if key not in seen:
+        seen[key] = model
+  names = [name for name, _ in seen]
+  lines = []
+  for (name, checkpoint), model in seen.items():
+    # The same name from two checkpoints (e.g. two corpora's runs at one step): say which.
+    label = f"{name} ({checkpoint})" if names.count(name) > 1 else name
+    knocked = model.get("knocked_out")
+    lines.append((label, ppl_report.bits_per_segment(model),
+                  ppl_report.bits_per_segment(knocked) if knocked else None))
+  return shared, lines
+
+
+def plot(shared: dict, lines: list, path: str, train_segments: int | None) -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(8, 4.5))
+  for i, (label, bits, knocked) in enumerate(lines):
+    color = f"C{i % 10}"
+    segments = np.arange(1, len(bits) + 1)
+    ax.plot(segments, bits, color=color, linewidth=1.2, label=label)
+    if knocked is not None:
+      ax.plot(segments, knocked, color=color, linewidth=1.0, linestyle="--",
+              label=f"{label}, knock-out")
+  if train_segments:
+    ax.axvline(train_segments + 0.5, color="gray", linewidth=0.8, linestyle=":")
+    ax.text(train_segments + 0.6, ax.get_ylim()[1], "training length", fontsize=7, va="top",
+            color="gray")
+  ax.set_xlabel("segment of the window")
+  ax.set_ylabel(shared["unit"])
+  ax.set_title(f"held-out loss by segment ({shared['task']} validation)", fontsize=9)
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  with paths.open(path, "wb") as f:
+    fig.savefig(f, format="png", dpi=120)
+  plt.close(fig)
+
+
+def main(argv=None) -> dict:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("files", nargs="+", help="ppl.json files of eval_ppl")
+  parser.add_argument("--out", help="the PNG (default: loss_by_segment.png beside the first file)")
+  parser.add_argument("--train_segments", type=int, help="training length in segments")
+  args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+  shared, lines = read_lines(args.files)
+  out = args.out or os.path.join(os.path.dirname(args.files[0]), "loss_by_segment.png")
+  paths.makedirs(os.path.dirname(out) or ".")
+  plot(shared, lines, out, args.train_segments)
+  print(f"wrote {out} ({len(lines)} models, {shared['unit']})", flush=True)
+  return {"png": out, "labels": [label for label, _, _ in lines], **shared}
+
+
+if __name__ == "__main__":
+  entry.run(main)
