@@ -74,7 +74,8 @@ def _read(memory: Memory, sigma_q: jax.Array) -> jax.Array:
 def retrieve(memory: Memory, q: jax.Array) -> jax.Array:
   """Memory read (eq. 7). ``q [batch, seq, heads, d_key]`` raw -> ``[batch, seq, heads, d_value]`` f32."""
   _check_shapes(memory, "q", q, memory.M.shape[2], "d_key")
-  return _read(memory, sigma(q.astype(jnp.float32)))
+  with jax.named_scope("memory_read"):
+    return _read(memory, sigma(q.astype(jnp.float32)))
 
 
 def update(memory: Memory, k: jax.Array, v: jax.Array, rule: str = "linear",
@@ -93,12 +94,13 @@ def update(memory: Memory, k: jax.Array, v: jax.Array, rule: str = "linear",
     raise ValueError(f"k has {k.shape[1]} positions but v has {v.shape[1]}; they must match")
   if weight is not None and weight.shape != k.shape[:2]:
     raise ValueError(f"weight has shape {weight.shape}; expected [batch, seq] = {k.shape[:2]}")
-  sigma_k = sigma(k.astype(jnp.float32))
-  v = v.astype(jnp.float32)
-  if rule == "delta":
-    v = v - _read(memory, sigma_k)  # write only what the memory does not already return
-  if weight is not None:
-    sigma_k = sigma_k * weight.astype(jnp.float32)[:, :, None, None]
-  M = memory.M + jnp.einsum("bshk,bshv->bhkv", sigma_k, v, precision=_PRECISION)
-  z = memory.z + jnp.sum(sigma_k, axis=1)
-  return Memory(M=M, z=z)
+  with jax.named_scope("memory_write"):
+    sigma_k = sigma(k.astype(jnp.float32))
+    v = v.astype(jnp.float32)
+    if rule == "delta":
+      v = v - _read(memory, sigma_k)  # write only what the memory does not already return
+    if weight is not None:
+      sigma_k = sigma_k * weight.astype(jnp.float32)[:, :, None, None]
+    M = memory.M + jnp.einsum("bshk,bshv->bhkv", sigma_k, v, precision=_PRECISION)
+    z = memory.z + jnp.sum(sigma_k, axis=1)
+    return Memory(M=M, z=z)

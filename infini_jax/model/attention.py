@@ -20,7 +20,7 @@ from jax.experimental.pallas.ops.tpu import splash_attention as splash
 from infini_jax import memory as mem
 from infini_jax.model import xl
 from infini_jax.model.config import ModelConfig
-from infini_jax.model.layers import fan_in_init, masked_attention, param, rope
+from infini_jax.model.layers import fan_in_init, masked_attention, param, rope, scoped
 from infini_jax.sharding import constrain, logical_to_spec
 
 # Splash tiles (query and key/value, forward and backward), largest first: the first that divides
@@ -91,6 +91,7 @@ def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array,
                        check_vma=False)(q, k, v)
 
 
+@scoped("local_attention")
 def local_attention(q: jax.Array, k: jax.Array, v: jax.Array, impl: str) -> jax.Array:
   """Causal softmax attention inside the segment (eq. 6), with grouped key/value heads.
 
@@ -105,6 +106,7 @@ def local_attention(q: jax.Array, k: jax.Array, v: jax.Array, impl: str) -> jax.
   return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=impl)
 
 
+@scoped("local_attention")
 def attend_up_to(q: jax.Array, k: jax.Array, v: jax.Array, positions: jax.Array) -> jax.Array:
   """Plain softmax attention in which the query at position ``p`` of the segment sees keys ``0..p``.
 
@@ -118,6 +120,7 @@ def attend_up_to(q: jax.Array, k: jax.Array, v: jax.Array, positions: jax.Array)
   return masked_attention(q, k, v, visible)
 
 
+@scoped("memory_read")
 def retrieve_grouped(memory: mem.Memory, q: jax.Array) -> jax.Array:
   """Eq. 7 for grouped query heads: query head ``h`` reads the memory of key/value head ``h // G``.
 
@@ -169,6 +172,7 @@ class InfiniAttention(nnx.Module):
     if cfg.memory == "infini":
       self.beta = param(rngs, nnx.initializers.constant(cfg.gate_init), (h,), ("heads",))
 
+  @scoped("qkv")
   def project(self, x: jax.Array):
     """``x [b, n, d_model]`` -> raw (un-rotated) ``q [b, n, heads, d]``, ``k, v [b, n, kv_heads, d]``."""
     def project(name):
@@ -183,6 +187,7 @@ class InfiniAttention(nnx.Module):
     """RoPE with the config's theta and scaling (see :func:`layers.rope`)."""
     return rope(x, self.cfg.rope_theta, positions, scaling=self.cfg.rope_scaling)
 
+  @scoped("gate_and_output")
   def output(self, local: jax.Array, q: jax.Array, memory: mem.Memory | None) -> jax.Array:
     """Gate (eq. 10) the local result with the memory read by the raw ``q``, then W_O (eq. 11).
 

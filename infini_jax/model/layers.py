@@ -1,11 +1,25 @@
 """Building blocks of the decoder: parameters with logical axes, RMSNorm, SwiGLU, embeddings, RoPE."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from infini_jax.model.config import ModelConfig
 from infini_jax.sharding import constrain
+
+
+def scoped(name: str):
+  """Run the decorated function under ``jax.named_scope(name)``: the model's parts keep their names
+  in the compiled program, for profiles (``training/op_profile.py``)."""
+  def decorate(fn):
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+      with jax.named_scope(name):
+        return fn(*args, **kwargs)
+    return wrapped
+  return decorate
 
 
 def param(rngs: nnx.Rngs, init, shape, logical_axes) -> nnx.Param:
@@ -29,6 +43,7 @@ class RMSNorm(nnx.Module):
     self.scale = param(rngs, nnx.initializers.ones, (dim,), ("embed",))
     self.eps = eps
 
+  @scoped("norm")
   def __call__(self, x: jax.Array) -> jax.Array:
     x32 = x.astype(jnp.float32)
     x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
@@ -44,6 +59,7 @@ class SwiGLU(nnx.Module):
     self.w_up = param(rngs, init, (cfg.d_model, cfg.mlp_dim), ("embed", "mlp"))
     self.w_down = param(rngs, init, (cfg.mlp_dim, cfg.d_model), ("mlp", "embed"))
 
+  @scoped("mlp")
   def __call__(self, x: jax.Array) -> jax.Array:
     dtype = x.dtype
     gate = x @ self.w_gate[...].astype(dtype)
@@ -61,6 +77,7 @@ class Embed(nnx.Module):
     self.embedding = param(rngs, nnx.initializers.normal(stddev), (cfg.vocab_size, cfg.d_model),
                            ("vocab", "embed"))
 
+  @scoped("embed")
   def __call__(self, tokens: jax.Array, dtype) -> jax.Array:
     """``tokens [batch, seq]`` int -> ``[batch, seq, d_model]``."""
     return jnp.take(self.embedding[...], tokens, axis=0).astype(dtype)
@@ -87,6 +104,7 @@ def rope_inv_freq(head_dim: int, theta: float, scaling: tuple | None = None) -> 
                    jnp.where(wavelength > original / low, inv_freq / factor, blended))
 
 
+@scoped("rope")
 def rope(x: jax.Array, theta: float, positions: jax.Array | None = None,
          scaling: tuple | None = None) -> jax.Array:
   """Rotary position embedding (rotate-half layout).

@@ -37,7 +37,8 @@ def loss_sums(model: InfiniTransformer, batch: Batch, write_weight: jax.Array | 
 
   def head(model, h, extras):
     targets, mask = extras
-    return loss.cross_entropy_sums(h, model.unembedding(), targets, mask, chunk)
+    with jax.named_scope("loss"):
+      return loss.cross_entropy_sums(h, model.unembedding(), targets, mask, chunk)
 
   outputs, _ = scan_segments(model, batch["inputs"], None, head,
                              (batch["targets"], batch["loss_mask"]), write_weight)
@@ -120,8 +121,9 @@ def build(cfg: ModelConfig, tx: optax.GradientTransformation, mesh, rules, globa
     # Gradients of sums over the whole global batch, divided once: exact for any accumulation.
     weight = jnp.maximum(sums["weight"], 1.0)
     grads = jax.tree.map(lambda g: g / weight, grads)
-    updates, opt_state = tx.update(grads, state["opt_state"], params)
-    new_params = optax.apply_updates(params, updates)
+    with jax.named_scope("optimizer"):
+      updates, opt_state = tx.update(grads, state["opt_state"], params)
+      new_params = optax.apply_updates(params, updates)
     new_state = {"params": new_params, "opt_state": opt_state, "step": state["step"] + 1}
     # param_norm is that of the new state, so a finite one vouches for the state a save writes.
     metrics = {"loss": sums["nll"] / weight, "z_loss": sums["z"] / weight,
