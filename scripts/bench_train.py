@@ -17,18 +17,30 @@ gin is imported only for ``--gin_file``, and nothing from ``infini_jax.data`` (T
 at all, so the presets run with a bare JAX install (the GPU image). ``--compile_only`` lowers the
 step from abstract inputs and stops: the 1B preset can be checked on a CPU that could not hold it.
 ``--profile DIR`` traces ``--profile_steps`` more steps of each model with ``jax.profiler`` (open in
-TensorBoard or Perfetto).
+TensorBoard or Perfetto) and prints where the time went, by model part and op kind
+(``training/op_profile.py``).
+
+The same run times a 2048 x 2048 matmul in the compute dtype on the present devices, the rate a
+step's model FLOPs are compared with ("of matmul"): on a CPU, whose peak is not known, it is the
+ceiling a train step could approach. ``--preset peer`` is the shape of lucidrains'
+infini-transformer-pytorch benchmark (``scripts/bench_peer.py``); with ``--peer_python`` (an
+interpreter with torch and that package) the peer's step runs right after ours and the ratio of
+tokens/s is printed.
 """
 
 import argparse
 import dataclasses
 import json
+import os
+import subprocess
 import sys
+import tempfile
 import time
 
 import jax
+import jax.numpy as jnp
 
-from infini_jax.training import flops, optim
+from infini_jax.training import flops, op_profile, optim
 from infini_jax.training.compiled_memory import peak_bytes
 from infini_jax.inputs import SyntheticData, SyntheticPipeline
 from infini_jax.model import ModelConfig
@@ -46,6 +58,12 @@ PRESETS = {
                                  rope_theta=500_000.0, norm_eps=1e-5, tie_embeddings=True,
                                  update_rule="delta", dtype="bfloat16", remat="segment_and_layer"),
                batch=8, seq_len=4096),
+    # The peer port's shape (scripts/bench_peer.py): 4 layers, d_model 512, 8 heads of 64, GLU MLP
+    # 1365, vocabulary 256, 8 segments of 256, batch 2, delta rule, float32.
+    "peer": dict(model=ModelConfig(vocab_size=256, num_layers=4, d_model=512, num_heads=8,
+                                   num_kv_heads=8, head_dim=64, mlp_dim=1365, segment_len=256,
+                                   update_rule="delta", remat="segment"),
+                 batch=2, seq_len=2048),
 }
 
 
@@ -83,10 +101,8 @@ def bench(config: RunConfig, args) -> dict:
     row["loss"] = float(metrics["loss"])                 # blocks on the last step
     seconds = (time.perf_counter() - t0) / args.steps
     if args.profile:
-      with jax.profiler.trace(f"{args.profile}/{cfg.memory}"):
-        for i in range(args.profile_steps):
-          state, metrics = compiled(state, batches[i % 2])
-        jax.block_until_ready(metrics["loss"])
+      row["profile_ms_per_step"] = profile(compiled, state, batches,
+                                           f"{args.profile}/{cfg.memory}", args.profile_steps)
   tokens_per_s = batch * seq_len / seconds
   peak = flops.peak_flops_per_device(args.peak_flops)
   per_device = row["flops_per_token"] * tokens_per_s / devices
@@ -94,15 +110,53 @@ def bench(config: RunConfig, args) -> dict:
   row.update(step_s=seconds, tokens_per_s=tokens_per_s, tokens_per_s_per_device=tokens_per_s / devices,
              model_flops_per_s_per_device=per_device, peak_flops_per_device=peak,
              mfu=per_device / peak if peak else None,
-             mfu_with_memory=per_device_mem / peak if peak else None)
+             mfu_with_memory=per_device_mem / peak if peak else None,
+             of_matmul=per_device / args.matmul_flops_per_s if args.matmul_flops_per_s else None)
   return row
+
+
+def profile(compiled, state, batches, trace_dir: str, steps: int) -> dict:
+  """Trace ``steps`` steps, print the op breakdown; ``{"part/kind": ms per step}``."""
+  with jax.profiler.trace(trace_dir):
+    for i in range(steps):
+      state, metrics = compiled(state, batches[i % 2])
+    jax.block_until_ready(metrics["loss"])
+  traces = [os.path.join(d, f) for d, _, files in os.walk(trace_dir) for f in files
+            if f.endswith(".xplane.pb")]
+  table = op_profile.breakdown(op_profile.event_seconds(max(traces, key=os.path.getmtime)),
+                               op_profile.classify(compiled.as_text()))
+  print(op_profile.format_table(table, steps), flush=True)
+  return {f"{part}/{kind}": 1e3 * s / steps for (part, kind), s in sorted(table.items())}
+
+
+def matmul_flops_per_s(dtype, n: int = 2048, reps: int = 10) -> float:
+  """The best of ``reps`` timed ``n x n`` matmuls on the default device, in FLOP/s."""
+  a = jax.random.normal(jax.random.key(0), (n, n), dtype)
+  matmul = jax.jit(jnp.matmul)
+  jax.block_until_ready(matmul(a, a))
+  best = float("inf")
+  for _ in range(reps):
+    t0 = time.perf_counter()
+    jax.block_until_ready(matmul(a, a))
+    best = min(best, time.perf_counter() - t0)
+  return 2 * n ** 3 / best
+
+
+def run_peer(python: str, steps: int) -> dict:
+  """``scripts/bench_peer.py`` under another interpreter; its JSON row."""
+  with tempfile.TemporaryDirectory() as tmp:
+    out = os.path.join(tmp, "peer.json")
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench_peer.py")
+    subprocess.run([python, script, "--steps", str(steps), "--json", out], check=True)
+    with open(out) as f:
+      return json.load(f)
 
 
 def print_rows(rows, header: bool = False):
   if header:
     print(f"{'memory':>7} {'params':>8} {'segs':>4} {'tokens':>7} {'compile s':>9} "
           f"{'peak GiB':>8} {'step ms':>9} {'tokens/s':>10} {'tok/s/dev':>10} {'TFLOP/s':>8} "
-          f"{'MFU':>6} {'MFU+mem':>7} {'overhead':>8}")
+          f"{'MFU':>6} {'MFU+mem':>7} {'of mm':>6} {'overhead':>8}")
   for r in rows:
     pct = lambda x: f"{100 * x:5.1f}%" if x is not None else "n/a"
     gib = (f"{r['peak_bytes_per_device'] / 2**30:8.2f}" if r.get("peak_bytes_per_device")
@@ -112,8 +166,8 @@ def print_rows(rows, header: bool = False):
           f"{r['tokens_per_step']:>7} {r['compile_s']:>9.1f} {gib} "
           + (f"{1e3 * r['step_s']:>9.1f} {r['tokens_per_s']:>10,.0f} "
              f"{r['tokens_per_s_per_device']:>10,.0f} {r['model_flops_per_s_per_device'] / 1e12:>8.3f} "
-             f"{pct(r['mfu']):>6} {pct(r['mfu_with_memory']):>7} "
-             if ran else f"{'-':>9} {'-':>10} {'-':>10} {'-':>8} {'-':>6} {'-':>7} ")
+             f"{pct(r['mfu']):>6} {pct(r['mfu_with_memory']):>7} {pct(r['of_matmul']):>6} "
+             if ran else f"{'-':>9} {'-':>10} {'-':>10} {'-':>8} {'-':>6} {'-':>7} {'-':>6} ")
           + (f"{r['overhead']:>+7.1f}%" if r.get("overhead") is not None else f"{'':>8}"),
           flush=True)
 
@@ -140,10 +194,15 @@ def main(argv=None):
   p.add_argument("--profile", metavar="DIR", help="jax.profiler trace of a few steps per model")
   p.add_argument("--profile_steps", type=int, default=3)
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--peer_python", metavar="PYTHON",
+                 help="an interpreter with torch and infini-transformer-pytorch: run the peer's "
+                      "step (scripts/bench_peer.py) after ours (--preset peer)")
   p.add_argument("--json", help="write the rows to this file")
   args = p.parse_args(rest)
   if bool(files) == bool(args.preset):
     raise SystemExit("give exactly one of --preset and --gin_file (see --help)")
+  if args.peer_python and args.preset != "peer":
+    raise SystemExit("--peer_python compares with the peer's configuration: add --preset peer")
   if files:
     gin_flags.parse(files, paths, bindings)
     config = gin_flags.run_config()
@@ -174,6 +233,11 @@ def main(argv=None):
   peak = flops.peak_flops_per_device(args.peak_flops)
   print(f"peak: {f'{peak / 1e12:.0f} TFLOP/s per device' if peak else 'unknown (MFU n/a; pass --peak_flops)'}; "
         f"MFU counts matmuls + causal-half attention x3 (MaxText), MFU+mem adds the memory's FLOPs")
+  args.matmul_flops_per_s = (None if args.compile_only
+                             else matmul_flops_per_s(cfg.compute_dtype) / jax.local_device_count())
+  if args.matmul_flops_per_s:
+    print(f"matmul: {args.matmul_flops_per_s / 1e9:.1f} GFLOP/s per device (2048 x 2048, "
+          f"{cfg.dtype}); 'of mm' is the step's model FLOP rate as a share of it")
   rows = []
   for i, memory in enumerate(args.memories.split(",")):
     row = bench(dataclasses.replace(config, model=dataclasses.replace(cfg, memory=memory)), args)
@@ -184,11 +248,16 @@ def main(argv=None):
     overhead = 100 * (by["infini"]["step_s"] / by["none"]["step_s"] - 1)
     by["infini"]["overhead"] = overhead
     print(f"memory overhead: the infini step takes {overhead:+.1f}% of the baseline's time")
+  peer = run_peer(args.peer_python, args.steps) if args.peer_python else None
+  if peer and "step_s" in by.get("infini", {}):
+    peer["ratio"] = by["infini"]["tokens_per_s"] / peer["tokens_per_s"]
+    print(f"infini_jax / peer: {peer['ratio']:.2f}x tokens/s ({by['infini']['tokens_per_s']:,.0f} "
+          f"against {peer['tokens_per_s']:,.0f})")
   if args.json:
     with open(args.json, "w") as f:
       json.dump({"device": device, "device_count": jax.device_count(), "jax": jax.__version__,
                  "model": dataclasses.asdict(cfg), "args": vars(args), "gin_files": files,
-                 "gin_bindings": [b for _, b in bindings], "rows": rows}, f, indent=1)
+                 "gin_bindings": [b for _, b in bindings], "rows": rows, "peer": peer}, f, indent=1)
   return rows
 
 

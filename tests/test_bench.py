@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import pytest
 
 import script_modules
@@ -50,10 +51,15 @@ def test_bench_scaling_marks_what_does_not_fit(capsys):
 def test_bench_train_preset(tmp_path, capsys):
   train = script_modules.load("bench_train")
   rows = train.main(["--preset=cpu", "--batch=2", "--seq_len=256", "--segment_len=128",
-                     "--steps=1", "--warmup=1", "--peak_flops=1e12",
-                     f"--json={tmp_path / 't.json'}"])
+                     "--steps=1", "--warmup=1", "--peak_flops=1e12", "--profile_steps=1",
+                     f"--profile={tmp_path / 'trace'}", f"--json={tmp_path / 't.json'}"])
   out = capsys.readouterr().out
-  assert "tokens/s" in out and "memory overhead" in out
+  assert "tokens/s" in out and "memory overhead" in out and "GFLOP/s per device" in out
+  for r in rows:   # the share of the measured matmul rate, and the step's time by part
+    assert r["of_matmul"] == pytest.approx(r["model_flops_per_s_per_device"]
+                                           / train.matmul_flops_per_s(jax.numpy.float32), rel=0.9)
+    assert r["profile_ms_per_step"]["mlp/matmul"] > 0
+    assert (r["profile_ms_per_step"].get("memory_write/other", 0) > 0) == (r["memory"] == "infini")
   infini, none = rows
   assert (infini["memory"], none["memory"]) == ("infini", "none")
   assert infini["flops_per_token_with_memory"] > infini["flops_per_token"]
@@ -63,6 +69,24 @@ def test_bench_train_preset(tmp_path, capsys):
   assert "overhead" in infini
   saved = json.loads((tmp_path / "t.json").read_text())
   assert saved["model"]["segment_len"] == 128 and len(saved["rows"]) == 2
+
+
+def test_bench_train_runs_the_peer_after_ours(tmp_path, capsys):
+  """--peer_python runs scripts/bench_peer.py under another interpreter (here a stand-in that
+  writes the peer's JSON row) and prints the ratio of tokens/s."""
+  fake = tmp_path / "python"
+  fake.write_text("#!/bin/sh\n"
+                  "while [ $# -gt 0 ]; do [ \"$1\" = --json ] && out=$2; shift; done\n"
+                  "echo '{\"tokens_per_s\": 100.0, \"step_s\": 1.0}' > \"$out\"\n")
+  fake.chmod(0o755)
+  train = script_modules.load("bench_train")
+  with pytest.raises(SystemExit, match="--preset peer"):
+    train.main(["--preset=cpu", f"--peer_python={fake}"])
+  train.main(["--preset=peer", "--batch=1", "--seq_len=256", "--memories=infini", "--steps=1",
+              "--warmup=0", f"--peer_python={fake}", f"--json={tmp_path / 'p.json'}"])
+  saved = json.loads((tmp_path / "p.json").read_text())
+  assert saved["peer"]["ratio"] == pytest.approx(saved["rows"][0]["tokens_per_s"] / 100.0)
+  assert f"{saved['peer']['ratio']:.2f}x tokens/s" in capsys.readouterr().out
 
 
 def test_bench_train_gin_compile_only(capsys):
