@@ -44,6 +44,7 @@ from infini_jax.training import flops, op_profile, optim
 from infini_jax.training.compiled_memory import peak_bytes
 from infini_jax.inputs import SyntheticData, SyntheticPipeline
 from infini_jax.model import ModelConfig
+from infini_jax.model.config import REMAT_POLICIES
 from infini_jax.run import RunConfig, build_run
 
 PRESETS = {
@@ -183,7 +184,8 @@ def main(argv=None):
   p.add_argument("--batch", type=int, help="global batch (default: the preset's or gin's)")
   p.add_argument("--seq_len", type=int, help="tokens per example (default: the preset's or gin's)")
   p.add_argument("--segment_len", type=int)
-  p.add_argument("--remat", choices=("segment", "segment_and_layer", "none"))
+  p.add_argument("--remat", choices=REMAT_POLICIES)
+  p.add_argument("--unroll_layers", action="store_true", help="ModelConfig.scan_layers=False")
   p.add_argument("--attention_impl", choices=("xla", "cudnn", "reference"),
                  help="default: cudnn on GPU in bfloat16, else the config's")
   p.add_argument("--memories", default="infini,none", help="which models, in order")
@@ -216,6 +218,8 @@ def main(argv=None):
         model_dir="", steps=0)
   overrides = {k: getattr(args, k) for k in ("segment_len", "remat", "attention_impl")
                if getattr(args, k)}
+  if args.unroll_layers:
+    overrides["scan_layers"] = False
   if ("attention_impl" not in overrides and jax.default_backend() == "gpu"
       and config.model.dtype == "bfloat16"):          # cuDNN flash attention needs bf16/fp16
     overrides["attention_impl"] = "cudnn"
@@ -229,6 +233,7 @@ def main(argv=None):
   print(f"device: {device} x{jax.device_count()} (jax {jax.__version__}), mesh {dict(mesh.shape)}; "
         f"{cfg.num_layers} layers, d_model {cfg.d_model}, vocab {cfg.vocab_size}, {cfg.dtype}, "
         f"segment {cfg.segment_len}, seq {seq_len}, global batch {batch}, remat {cfg.remat}, "
+        f"{'scanned' if cfg.scan_layers else 'unrolled'} layers, "
         f"attention {cfg.attention_impl}, update {cfg.update_rule}")
   peak = flops.peak_flops_per_device(args.peak_flops)
   print(f"peak: {f'{peak / 1e12:.0f} TFLOP/s per device' if peak else 'unknown (MFU n/a; pass --peak_flops)'}; "

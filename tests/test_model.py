@@ -9,6 +9,7 @@ import pytest
 from flax import nnx
 
 from infini_jax.model import InfiniTransformer, ModelConfig, stack_layers, unstack_layers
+from infini_jax.model.config import REMAT_POLICIES
 
 SEG = 8
 CFG = ModelConfig(vocab_size=64, num_layers=2, d_model=32, num_heads=4, num_kv_heads=2,
@@ -133,12 +134,29 @@ def test_bptt_reaches_first_segment_and_baseline_does_not():
   np.testing.assert_array_equal(g_none, 0.0)
 
 
-def test_remat_policies_give_the_same_gradients():
-  grads = {remat: embedding_grad_of_first_segment(dataclasses.replace(CFG, remat=remat))[0]
-           for remat in ("none", "segment", "segment_and_layer")}
-  for remat in ("segment", "segment_and_layer"):
+def test_remat_policies_and_unrolled_layers_give_the_same_gradients():
+  variants = {**{remat: dict(remat=remat) for remat in REMAT_POLICIES},
+              "unrolled layers": dict(scan_layers=False),
+              "unrolled layers, save_dots": dict(scan_layers=False, remat="save_dots")}
+  grads = {name: embedding_grad_of_first_segment(dataclasses.replace(CFG, **kw))[0]
+           for name, kw in variants.items()}
+  for name in variants:
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
-                 grads["none"], grads[remat])
+                 grads["none"], grads[name])
+
+
+def test_save_dots_recomputes_only_the_attention_matmuls():
+  """Counted in the compiled gradient: "none" runs each matmul of the forward pass once,
+  "segment" all of them twice, "save_dots" only the local attention's (no batch-free dot)."""
+  def dots(remat):
+    model = make(dataclasses.replace(CFG, remat=remat, scan_layers=False))
+    graphdef, state = nnx.split(model)
+    fn = jax.jit(jax.grad(lambda s, t: last_segment_loss(nnx.merge(graphdef, s), t)))
+    text = fn.lower(state, tokens(2, 2 * SEG)).as_text()       # before XLA's optimisations
+    return text.count("stablehlo.dot_general")
+
+  none, save_dots, segment = dots("none"), dots("save_dots"), dots("segment")
+  assert none < save_dots < segment, (none, save_dots, segment)
 
 
 def test_bf16_compute_keeps_float32_memory_over_100k_tokens():

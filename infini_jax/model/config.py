@@ -8,7 +8,7 @@ from infini_jax.errors import UserError
 
 MEMORY_KINDS = ("infini", "none", "xl")
 EMPTY_MEMORY_GATES = ("paper", "local_only")
-REMAT_POLICIES = ("segment", "segment_and_layer", "none")
+REMAT_POLICIES = ("segment", "segment_and_layer", "save_dots", "none")
 ATTENTION_IMPLS = ("auto", "xla", "cudnn", "splash", "reference")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 ROPE_SCALING_KEYS = ("factor", "high_freq_factor", "low_freq_factor",
@@ -37,7 +37,12 @@ class ModelConfig:
       sequence's memory of a key/value head is empty, z == 0, its heads output the local path
       alone, gate 0; per batch row, so it holds in decoding too).
     remat: "segment" (recompute each segment in the backward pass), "segment_and_layer" (also each
-      layer inside it), or "none".
+      layer inside it), "save_dots" (recompute each segment but keep the outputs of its projection
+      and MLP matmuls, so only the local attention's matmuls run twice; activation memory then grows
+      with the number of segments by those outputs), or "none".
+    scan_layers: run the layer stack as a ``jax.lax.scan`` over the stacked blocks (compile time
+      independent of depth); False unrolls it (the same parameters; a longer compile, and on a CPU
+      a faster step: fewer copies in and out of the stacked arrays).
     attention_impl: local-path kernel: "auto" (splash on TPU, cudnn on GPU in 16-bit floats, else
       xla), "xla" (jax.nn.dot_product_attention's XLA path), "cudnn" (cuDNN flash attention, GPU
       only), "splash" (the Pallas splash-attention kernel: TPU; elsewhere in Pallas' interpreter,
@@ -64,6 +69,7 @@ class ModelConfig:
   gate_init: float = 0.0
   empty_memory_gate: str = "paper"
   remat: str = "segment"
+  scan_layers: bool = True
   attention_impl: str = "auto"
   rope_theta: float = 10_000.0
   norm_eps: float = 1e-6

@@ -25,7 +25,9 @@ from infini_jax.sharding import constrain
 
 LayerMemories = tuple  # tuple[mem.Memory, ...], one per layer; () without memory
 
-_REMAT_SEGMENT = ("segment", "segment_and_layer")
+# Saved in the backward pass of a rematerialised segment, by ModelConfig.remat.
+_REMAT_SAVED = {"segment": None, "segment_and_layer": None,
+                "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
 
 
 class Block(nnx.Module):
@@ -117,7 +119,7 @@ class InfiniTransformer(nnx.Module):
 
     if self.cfg.remat == "segment_and_layer":
       layer = jax.checkpoint(layer, prevent_cse=False)
-    x, carried = jax.lax.scan(layer, x, (state, memory, cache))
+    x, carried = jax.lax.scan(layer, x, (state, memory, cache), unroll=not self.cfg.scan_layers)
     return x, *carried
 
   def __call__(self, tokens: jax.Array, memory: LayerMemories | None = None):
@@ -190,7 +192,8 @@ def scan_segments(model: InfiniTransformer, tokens: jax.Array, memory: LayerMemo
   Returns:
     (outputs stacked over segments ``[segments, ...]``, outgoing per-layer memories).
   Gradients flow through the carry back to the first segment; with ``remat`` "segment" each
-  segment is recomputed in the backward pass so activation memory does not grow with segments.
+  segment is recomputed in the backward pass so activation memory does not grow with segments
+  ("save_dots" keeps its projection and MLP outputs).
   """
   cfg = model.cfg
   batch, seq_len = tokens.shape
@@ -207,8 +210,8 @@ def scan_segments(model: InfiniTransformer, tokens: jax.Array, memory: LayerMemo
     h, carry = model.run_layers(constrain(h, ("batch", "seq", "embed")), carry, segment_weight)
     return constrain_memory(carry), head(model, model.final_norm(h), segment_extras)
 
-  if cfg.remat in _REMAT_SEGMENT:
-    segment_step = jax.checkpoint(segment_step, prevent_cse=False)
+  if cfg.remat in _REMAT_SAVED:
+    segment_step = jax.checkpoint(segment_step, prevent_cse=False, policy=_REMAT_SAVED[cfg.remat])
   carry, outputs = jax.lax.scan(lambda c, i: segment_step(state, c, i),
                                 constrain_memory(stack_layers(memory)),
                                 jnp.arange(seq_len // cfg.segment_len))
