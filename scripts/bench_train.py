@@ -61,9 +61,11 @@ PRESETS = {
                batch=8, seq_len=4096),
     # The peer port's shape (scripts/bench_peer.py): 4 layers, d_model 512, 8 heads of 64, GLU MLP
     # 1365, vocabulary 256, 8 segments of 256, batch 2, delta rule, float32.
+    # The layers unrolled and the matmul outputs kept (the defaults, --remat segment
+    # --scan_layers true, are about a fifth slower on a CPU; BENCHMARKS §8).
     "peer": dict(model=ModelConfig(vocab_size=256, num_layers=4, d_model=512, num_heads=8,
                                    num_kv_heads=8, head_dim=64, mlp_dim=1365, segment_len=256,
-                                   update_rule="delta", remat="segment"),
+                                   update_rule="delta", remat="save_dots", scan_layers=False),
                  batch=2, seq_len=2048),
 }
 
@@ -185,7 +187,7 @@ def main(argv=None):
   p.add_argument("--seq_len", type=int, help="tokens per example (default: the preset's or gin's)")
   p.add_argument("--segment_len", type=int)
   p.add_argument("--remat", choices=REMAT_POLICIES)
-  p.add_argument("--unroll_layers", action="store_true", help="ModelConfig.scan_layers=False")
+  p.add_argument("--scan_layers", choices=("true", "false"), help="ModelConfig.scan_layers")
   p.add_argument("--attention_impl", choices=("xla", "cudnn", "reference"),
                  help="default: cudnn on GPU in bfloat16, else the config's")
   p.add_argument("--memories", default="infini,none", help="which models, in order")
@@ -218,8 +220,8 @@ def main(argv=None):
         model_dir="", steps=0)
   overrides = {k: getattr(args, k) for k in ("segment_len", "remat", "attention_impl")
                if getattr(args, k)}
-  if args.unroll_layers:
-    overrides["scan_layers"] = False
+  if args.scan_layers:
+    overrides["scan_layers"] = args.scan_layers == "true"
   if ("attention_impl" not in overrides and jax.default_backend() == "gpu"
       and config.model.dtype == "bfloat16"):          # cuDNN flash attention needs bf16/fp16
     overrides["attention_impl"] = "cudnn"
