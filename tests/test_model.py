@@ -145,9 +145,9 @@ def test_remat_policies_and_unrolled_layers_give_the_same_gradients():
                  grads["none"], grads[name])
 
 
-def test_save_dots_recomputes_only_the_attention_matmuls():
-  """Counted in the compiled gradient: "none" runs each matmul of the forward pass once,
-  "segment" all of them twice, "save_dots" only the local attention's (no batch-free dot)."""
+def test_save_dots_recomputes_no_matmul():
+  """Counted in the lowered gradient: "none" runs each matmul of the forward pass once, "segment"
+  all of them twice, "save_dots" each once (it recomputes elementwise work only)."""
   def dots(remat):
     model = make(dataclasses.replace(CFG, remat=remat, scan_layers=False))
     graphdef, state = nnx.split(model)
@@ -156,7 +156,7 @@ def test_save_dots_recomputes_only_the_attention_matmuls():
     return text.count("stablehlo.dot_general")
 
   none, save_dots, segment = dots("none"), dots("save_dots"), dots("segment")
-  assert none < save_dots < segment, (none, save_dots, segment)
+  assert none == save_dots < segment, (none, save_dots, segment)
 
 
 def test_bf16_compute_keeps_float32_memory_over_100k_tokens():

@@ -37,9 +37,9 @@ class ModelConfig:
       sequence's memory of a key/value head is empty, z == 0, its heads output the local path
       alone, gate 0; per batch row, so it holds in decoding too).
     remat: "segment" (recompute each segment in the backward pass), "segment_and_layer" (also each
-      layer inside it), "save_dots" (recompute each segment but keep the outputs of its projection
-      and MLP matmuls, so only the local attention's matmuls run twice; activation memory then grows
-      with the number of segments by those outputs), or "none".
+      layer inside it), "save_dots" (recompute each segment but keep the outputs of all its matmuls:
+      the backward pass recomputes elementwise work only; activation memory then grows with the
+      number of segments by those outputs), or "none".
     scan_layers: run the layer stack as a ``jax.lax.scan`` over the stacked blocks (compile time
       independent of depth); False unrolls it (the same parameters; a longer compile, and on a CPU
       a faster step: fewer copies in and out of the stacked arrays).

@@ -27,7 +27,7 @@ LayerMemories = tuple  # tuple[mem.Memory, ...], one per layer; () without memor
 
 # Saved in the backward pass of a rematerialised segment, by ModelConfig.remat.
 _REMAT_SAVED = {"segment": None, "segment_and_layer": None,
-                "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
+                "save_dots": jax.checkpoint_policies.checkpoint_dots}
 
 
 class Block(nnx.Module):
@@ -193,7 +193,7 @@ def scan_segments(model: InfiniTransformer, tokens: jax.Array, memory: LayerMemo
     (outputs stacked over segments ``[segments, ...]``, outgoing per-layer memories).
   Gradients flow through the carry back to the first segment; with ``remat`` "segment" each
   segment is recomputed in the backward pass so activation memory does not grow with segments
-  ("save_dots" keeps its projection and MLP outputs).
+  ("save_dots" keeps its matmuls' outputs).
   """
   cfg = model.cfg
   batch, seq_len = tokens.shape
