@@ -66,7 +66,7 @@ def classify(hlo_text: str) -> dict:
 
 
 def event_seconds(xplane_path: str) -> collections.Counter:
-  """Summed duration in seconds of each named event on the trace's executor threads."""
+  """Summed duration in seconds of each event name in a trace (all threads)."""
   from jax.profiler import ProfileData
   totals = collections.Counter()
   for plane in ProfileData.from_file(xplane_path).planes:
