@@ -21,7 +21,7 @@ TensorBoard or Perfetto) and prints where the time went, by model part and op ki
 (``training/op_profile.py``).
 
 The same run times a 2048 x 2048 matmul in the compute dtype on the present devices, the rate a
-step's model FLOPs are compared with ("of matmul"): on a CPU, whose peak is not known, it is the
+step's model FLOPs are compared with ("of mm"): on a CPU, whose peak is not known, it is the
 ceiling a train step could approach. ``--preset peer`` is the shape of lucidrains'
 infini-transformer-pytorch benchmark (``scripts/bench_peer.py``); with ``--peer_python`` (an
 interpreter with torch and that package) the peer's step runs right after ours and the ratio of
@@ -61,8 +61,8 @@ PRESETS = {
                batch=8, seq_len=4096),
     # The peer port's shape (scripts/bench_peer.py): 4 layers, d_model 512, 8 heads of 64, GLU MLP
     # 1365, vocabulary 256, 8 segments of 256, batch 2, delta rule, float32.
-    # The layers unrolled and the matmul outputs kept (the defaults, --remat segment
-    # --scan_layers true, are about a fifth slower on a CPU; BENCHMARKS §8).
+    # The layers unrolled and the matmul outputs kept (with the defaults, --remat segment
+    # --scan_layers true, the step makes about 30 % fewer tokens/s on a CPU; BENCHMARKS §8).
     "peer": dict(model=ModelConfig(vocab_size=256, num_layers=4, d_model=512, num_heads=8,
                                    num_kv_heads=8, head_dim=64, mlp_dim=1365, segment_len=256,
                                    update_rule="delta", remat="save_dots", scan_layers=False),
