@@ -114,6 +114,7 @@ def bench(config: RunConfig, args) -> dict:
              model_flops_per_s_per_device=per_device, peak_flops_per_device=peak,
              mfu=per_device / peak if peak else None,
              mfu_with_memory=per_device_mem / peak if peak else None,
+             matmul_flops_per_s_per_device=args.matmul_flops_per_s,
              of_matmul=per_device / args.matmul_flops_per_s if args.matmul_flops_per_s else None)
   return row
 

@@ -5,7 +5,6 @@ import os
 import subprocess
 import sys
 
-import jax
 import pytest
 
 import script_modules
@@ -56,8 +55,9 @@ def test_bench_train_preset(tmp_path, capsys):
   out = capsys.readouterr().out
   assert "tokens/s" in out and "memory overhead" in out and "GFLOP/s per device" in out
   for r in rows:   # the share of the measured matmul rate, and the step's time by part
+    assert r["matmul_flops_per_s_per_device"] > 1e9
     assert r["of_matmul"] == pytest.approx(r["model_flops_per_s_per_device"]
-                                           / train.matmul_flops_per_s(jax.numpy.float32), rel=0.9)
+                                           / r["matmul_flops_per_s_per_device"])
     assert r["profile_ms_per_step"]["mlp/matmul"] > 0
     assert (r["profile_ms_per_step"].get("memory_write/other", 0) > 0) == (r["memory"] == "infini")
   infini, none = rows
