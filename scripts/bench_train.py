@@ -70,7 +70,9 @@ PRESETS = {
 }
 
 
-def bench(config: RunConfig, args) -> dict:
+def bench(config: RunConfig, args, matmul_rate: float | None) -> dict:
+  """One model's row: compile time, step time, tokens/s, MFU and, with ``matmul_rate`` (the
+  2048^2 matmul's FLOP/s per device), the step's model FLOP rate as a share of it."""
   cfg, batch, seq_len = config.model, config.data.batch_size, config.data.seq_len
   row = {"memory": cfg.memory, "segments": cfg.num_segments(seq_len), "global_batch": batch,
          "seq_len": seq_len, "tokens_per_step": batch * seq_len,
@@ -114,8 +116,8 @@ def bench(config: RunConfig, args) -> dict:
              model_flops_per_s_per_device=per_device, peak_flops_per_device=peak,
              mfu=per_device / peak if peak else None,
              mfu_with_memory=per_device_mem / peak if peak else None,
-             matmul_flops_per_s_per_device=args.matmul_flops_per_s,
-             of_matmul=per_device / args.matmul_flops_per_s if args.matmul_flops_per_s else None)
+             matmul_flops_per_s_per_device=matmul_rate,
+             of_matmul=per_device / matmul_rate if matmul_rate else None)
   return row
 
 
@@ -241,14 +243,15 @@ def main(argv=None):
   peak = flops.peak_flops_per_device(args.peak_flops)
   print(f"peak: {f'{peak / 1e12:.0f} TFLOP/s per device' if peak else 'unknown (MFU n/a; pass --peak_flops)'}; "
         f"MFU counts matmuls + causal-half attention x3 (MaxText), MFU+mem adds the memory's FLOPs")
-  args.matmul_flops_per_s = (None if args.compile_only
-                             else matmul_flops_per_s(cfg.compute_dtype) / jax.local_device_count())
-  if args.matmul_flops_per_s:
-    print(f"matmul: {args.matmul_flops_per_s / 1e9:.1f} GFLOP/s per device (2048 x 2048, "
+  matmul_rate = (None if args.compile_only
+                 else matmul_flops_per_s(cfg.compute_dtype) / jax.local_device_count())
+  if matmul_rate:
+    print(f"matmul: {matmul_rate / 1e9:.1f} GFLOP/s per device (2048 x 2048, "
           f"{cfg.dtype}); 'of mm' is the step's model FLOP rate as a share of it")
   rows = []
   for i, memory in enumerate(args.memories.split(",")):
-    row = bench(dataclasses.replace(config, model=dataclasses.replace(cfg, memory=memory)), args)
+    row = bench(dataclasses.replace(config, model=dataclasses.replace(cfg, memory=memory)), args,
+                matmul_rate)
     rows.append(row)
     print_rows([row], header=i == 0)
   by = {r["memory"]: r for r in rows}

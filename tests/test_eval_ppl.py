@@ -66,6 +66,8 @@ def test_bits_per_byte_by_hand_and_the_change_against_none():
   assert ppl_report.none_baseline([infini, full, none], SEG) is none   # not full attention
   change = ppl_report.relative_change(infini["buckets"], none["buckets"])
   assert math.isclose(change["1"], 1.5 / 1.6 - 1) and math.isclose(change["5-16"], -0.25)
+  ppl_report.add_vs_none([infini, none], SEG)
+  assert none["vs_none"] is None and infini["vs_none"] == change
   text = ppl_report.table([infini, none], SEG, ppl_report.bits_unit("byte"))
   assert text.startswith("bits per byte;") and text.splitlines()[0].endswith("relative to none")
   header, row1, row5 = text.splitlines()[1], text.splitlines()[2], text.splitlines()[4]
@@ -73,6 +75,8 @@ def test_bits_per_byte_by_hand_and_the_change_against_none():
   assert row1.split() == ["1", "100", "1.5000", "1.7000", "-6.25%", "1.6000"]
   assert row5.split() == ["5-16", "1200", "1.2000", "1.7000", "-25.00%", "1.6000"]
   assert ppl_report.bits_unit("sentencepiece:/m.model") == "bits per token"
+  ppl_report.add_vs_none([infini, full], SEG)
+  assert infini["vs_none"] is None and full["vs_none"] is None
   assert "vs none" not in ppl_report.table([infini, full], SEG, "bits per token")
 
 

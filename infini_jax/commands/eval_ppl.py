@@ -97,10 +97,7 @@ def main(argv=None) -> dict:
                   state_per_sequence=state.state_per_sequence(r.model.cfg), **sums(t),
                   knocked_out=None if k is None else sums(k))
              for r, t, k in zip(models, totals, knocked)]
-  base = ppl_report.none_baseline(results, data_cfg.segment_len)
-  for result in results:
-    result["vs_none"] = (None if base is None or result is base
-                         else ppl_report.relative_change(result["buckets"], base["buckets"]))
+  ppl_report.add_vs_none(results, data_cfg.segment_len)
   unit = ppl_report.bits_unit(data_cfg.vocabulary)
   report = dict(task=data_cfg.task, split="validation", segments=data_cfg.segments,
                 segment_len=data_cfg.segment_len, batches=batches, unit=unit, models=results)

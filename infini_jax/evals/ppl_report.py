@@ -58,10 +58,19 @@ def relative_change(ours: dict, base: dict) -> dict:
           else ours[name]["bits"] / base[name]["bits"] - 1.0 for name in ours}
 
 
+def add_vs_none(results: list, segment_len: int) -> None:
+  """Sets each result's ``vs_none``: its ``relative_change`` against ``none_baseline`` (None for
+  the baseline itself, and for every result when there is no baseline)."""
+  base = none_baseline(results, segment_len)
+  for result in results:
+    result["vs_none"] = (None if base is None or result is base
+                         else relative_change(result["buckets"], base["buckets"]))
+
+
 def table(results: list, segment_len: int, unit: str) -> str:
   """Buckets as rows; per model a column of ``unit``, its knock-out ("NAME ko", where a result has
-  ``knocked_out`` buckets) and, when a ``memory="none"`` model of ``segment_len`` is among the
-  results, the relative change against it ("NAME vs none", in %)."""
+  ``knocked_out`` buckets) and, where a result has ``vs_none`` (``add_vs_none``), its relative
+  change against the ``memory="none"`` model of ``segment_len`` ("NAME vs none", in %)."""
   base = none_baseline(results, segment_len)
   columns = []   # (header, {bucket: cell text})
   def number(column):
@@ -70,10 +79,9 @@ def table(results: list, segment_len: int, unit: str) -> str:
     columns.append((r["name"], number(r["buckets"])))
     if r.get("knocked_out"):
       columns.append((r["name"] + " ko", number(r["knocked_out"]["buckets"])))
-    if base is not None and r is not base:
-      change = relative_change(r["buckets"], base["buckets"])
-      columns.append((r["name"] + " vs none",
-                      {k: "-" if v is None else f"{100 * v:+.2f}%" for k, v in change.items()}))
+    if r.get("vs_none"):
+      columns.append((r["name"] + " vs none", {k: "-" if v is None else f"{100 * v:+.2f}%"
+                                               for k, v in r["vs_none"].items()}))
   widths = [max(len(header), 10) for header, _ in columns]
   legend = f"{unit}; 'ko': the same windows with the memory never written"
   if base is not None:
