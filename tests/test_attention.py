@@ -161,3 +161,20 @@ def test_cudnn_is_selectable_where_a_gpu_exists():
     np.testing.assert_allclose(np.asarray(local_attention(q, k, v, "cudnn"), np.float32),
                                np.asarray(local_attention(q, k, v, "reference"), np.float32),
                                atol=3e-2)
+
+
+def test_rope_tables_are_constants_for_static_positions():
+  """Static positions (training's 0..n-1) compile cos/sin in as constants: no cosine or sine is
+  left in the program, which XLA would otherwise fuse into the product and evaluate per element.
+  Traced positions (decoding) give the same rotation; both match the float64 numpy one."""
+  from infini_jax.model.layers import rope
+  x = jax.random.normal(jax.random.key(0), (2, 48, 3, 16))
+  static = jax.jit(lambda x: rope(x, 10_000.0))
+  traced = jax.jit(lambda x, p: rope(x, 10_000.0, p))
+  hlo = static.lower(x).compile().as_text()
+  assert " cosine(" not in hlo and " sine(" not in hlo
+  assert " cosine(" in traced.lower(x, jnp.arange(48)).compile().as_text()
+  want = np.stack([np.stack([np_rope(np.asarray(x[b, :, h], np.float64), 10_000.0)
+                             for h in range(3)], 1) for b in range(2)])
+  np.testing.assert_allclose(static(x), want, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(traced(x, jnp.arange(48)), want, rtol=1e-5, atol=1e-5)

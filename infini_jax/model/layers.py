@@ -4,6 +4,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from infini_jax.model.config import ModelConfig
@@ -83,29 +84,31 @@ class Embed(nnx.Module):
     return jnp.take(self.embedding[...], tokens, axis=0).astype(dtype)
 
 
-def rope_inv_freq(head_dim: int, theta: float, scaling: tuple | None = None) -> jax.Array:
-  """RoPE's inverse frequencies ``[head_dim / 2]``, with Llama 3.1's long-context rule if ``scaling``.
+def rope_inv_freq(head_dim: int, theta: float, scaling: tuple | None = None) -> np.ndarray:
+  """RoPE's inverse frequencies ``[head_dim / 2]`` (float64 numpy: static config, so the tables of
+  static positions are constants of the compiled program), with Llama 3.1's long-context rule if
+  ``scaling``.
 
   ``scaling`` is ``ModelConfig.rope_scaling`` (pairs factor, low_freq_factor, high_freq_factor,
   original_max_position_embeddings): wavelengths longer than ``original / low_freq_factor`` are
   stretched by ``factor``, those shorter than ``original / high_freq_factor`` kept, and the ones in
   between blended linearly in ``original / wavelength``.
   """
-  inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+  inv_freq = 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
   if scaling is None:
     return inv_freq
   s = dict(scaling)
   factor, low, high = s["factor"], s["low_freq_factor"], s["high_freq_factor"]
   original = s["original_max_position_embeddings"]
-  wavelength = 2 * jnp.pi / inv_freq
+  wavelength = 2 * np.pi / inv_freq
   smooth = (original / wavelength - low) / (high - low)
   blended = (1 - smooth) * inv_freq / factor + smooth * inv_freq
-  return jnp.where(wavelength < original / high, inv_freq,
-                   jnp.where(wavelength > original / low, inv_freq / factor, blended))
+  return np.where(wavelength < original / high, inv_freq,
+                  np.where(wavelength > original / low, inv_freq / factor, blended))
 
 
 @scoped("rope")
-def rope(x: jax.Array, theta: float, positions: jax.Array | None = None,
+def rope(x: jax.Array, theta: float, positions: jax.Array | np.ndarray | None = None,
          scaling: tuple | None = None) -> jax.Array:
   """Rotary position embedding (rotate-half layout).
 
@@ -113,17 +116,26 @@ def rope(x: jax.Array, theta: float, positions: jax.Array | None = None,
   0..seq-1 of the segment). Local attention only depends on relative positions, so positions
   restart in every segment without changing the scores; decoding passes a token's place in it.
   ``scaling``: see :func:`rope_inv_freq`.
+
+  Static positions (None or a numpy array) give cos/sin tables computed here in float64 and
+  compiled in as constants; traced positions (decoding) compute them in the program. Computed
+  in the program, XLA fuses cos and sin into the ``[batch, seq, heads, head_dim]`` product and
+  evaluates them batch x heads times over.
   """
   seq, head_dim = x.shape[1], x.shape[3]
   if positions is None:
-    positions = jnp.arange(seq)
+    positions = np.arange(seq)
   inv_freq = rope_inv_freq(head_dim, theta, scaling)
-  angles = positions.astype(jnp.float32)[..., None] * inv_freq          # [(batch,) seq, head_dim/2]
-  angles = jnp.concatenate([angles, angles], axis=-1)[..., None, :]    # [(batch,) seq, 1, head_dim]
+  if isinstance(positions, np.ndarray):
+    lib, angles = np, positions.astype(np.float64)[..., None] * inv_freq
+  else:
+    lib, angles = jnp, positions.astype(jnp.float32)[..., None] * inv_freq.astype(np.float32)
+  angles = lib.concatenate([angles, angles], axis=-1)[..., None, :]    # [(batch,) seq, 1, head_dim]
+  cos, sin = lib.cos(angles).astype(np.float32), lib.sin(angles).astype(np.float32)
   x32 = x.astype(jnp.float32)
   half = head_dim // 2
   rotated = jnp.concatenate([-x32[..., half:], x32[..., :half]], axis=-1)
-  return (x32 * jnp.cos(angles) + rotated * jnp.sin(angles)).astype(x.dtype)
+  return (x32 * cos + rotated * sin).astype(x.dtype)
 
 
 def masked_attention(q: jax.Array, k: jax.Array, v: jax.Array, visible: jax.Array) -> jax.Array:

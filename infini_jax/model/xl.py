@@ -17,6 +17,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from infini_jax.model.layers import masked_attention
 
@@ -47,7 +48,7 @@ def xl_attention(q: jax.Array, k: jax.Array, v: jax.Array, prev: PrevSegment, ro
   b, n = q.shape[:2]
   keys = jnp.concatenate([jax.lax.stop_gradient(prev.k).astype(k.dtype), k], axis=1)
   values = jnp.concatenate([jax.lax.stop_gradient(prev.v).astype(v.dtype), v], axis=1)
-  positions = jnp.arange(2 * n)
+  positions = np.arange(2 * n)      # static: RoPE's tables are constants (layers.rope)
   causal = positions[None, :] <= positions[n:, None]                     # [n, 2n]
   written = jnp.concatenate([prev.written, jnp.ones((b, n), bool)], axis=1)
   out = masked_attention(rotate(q, positions[n:]), rotate(keys, positions), values,
