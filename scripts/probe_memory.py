@@ -13,10 +13,10 @@ length, the median share over the prompts for every head with its gate sigmoid(Î
 
   python scripts/probe_memory.py --checkpoint=runs/passkey_tiny --segments=16,64,256,1024
 
---filler=NAME (paper, plays_validation, glaciers; data/fillers.py) or --filler_file=PATH sets the
-haystack. --knockout also scores the answer on the same prompts with the memory and with the
-memory never written (``decode.prefill(knockout=True)``), printed beside the shares and written as
-``answer_accuracy`` / ``answer_accuracy_knockout`` per length.
+--filler=NAME (paper, plays_validation, glaciers, bread; data/fillers.py) or --filler_file=PATH
+sets the haystack. --knockout also scores the answer on the same prompts with the memory and
+with the memory never written (``decode.prefill(knockout=True)``), printed beside the shares
+and written as ``answer_accuracy`` / ``answer_accuracy_knockout`` per length.
 """
 
 from __future__ import annotations

@@ -205,3 +205,14 @@ def test_wording_varies_with_the_seed_and_is_fixed_by_it():
 def test_natural_rate_needs_the_text():
   with pytest.raises(ValueError, match="needs natural_text"):
     passkey.training_example(encode, 0, 64, (4, 4), 1, natural_rate=1.0)
+
+
+@pytest.mark.parametrize("name", fillers.BUNDLED)
+def test_bundled_fillers_are_held_out_prose_without_digits(name):
+  """A bundled evaluation haystack has no digit (a key must be the only number in the prompt)
+  and shares no sentence with the training text."""
+  text = fillers.filler_text(name)
+  training = fillers.training_text()
+  assert len(text) > 2000 and not any(c.isdigit() for c in text)
+  sentences = [s.strip() for s in text.replace("\n", " ").split(". ") if len(s.strip()) > 40]
+  assert len(sentences) > 10 and not any(s in training for s in sentences)

@@ -15,8 +15,8 @@ Own flags (the rest are gin flags, as for the trainer; without ``--gin_file`` th
   --digits=N           digits of the key (default: the run's DataConfig.passkey_digits)
   --filler_file=F      a text file tiled as filler instead of the paper's sentences
   --filler=NAME        a named filler: paper (the training filler), plays_validation (the
-                       Shakespeare plays never trained on) or glaciers (bundled prose of another
-                       kind; see data/fillers.py)
+                       Shakespeare plays never trained on), glaciers or bread (bundled prose of
+                       other kinds; see data/fillers.py)
   --knockout           also evaluate every prompt with the memory never written (it stays empty),
                        printed beside the normal result ("normal/knock-out") and in the JSON
                        (``knocked_out``: the same fields as the result)

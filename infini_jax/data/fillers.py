@@ -7,6 +7,9 @@
 - "glaciers": ``fillers/glaciers.txt``, about 4 KB of plain English prose on how glaciers form,
   move and shape land, written for infini_jax (no digits, no drama): a text of another kind that
   no training data contains.
+- "bread": ``fillers/bread.txt``, about 3 KB of plain English prose on how bread is made,
+  written for infini_jax after the passkey recipe was chosen (issue 14), so that it played no part
+  in choosing it: another text of another kind.
 
 Training's natural-text haystacks (``DataConfig.passkey_natural_filler_rate``) are passages of
 ``training_text()``: the Shakespeare works of the corpus's train split, so never a held-out one.
@@ -22,7 +25,7 @@ from infini_jax.data import corpus, text_files
 from infini_jax.data.passkey import FILLER
 from infini_jax.errors import UserError
 
-BUNDLED = ("glaciers",)
+BUNDLED = ("glaciers", "bread")
 NAMES = ("paper", "plays_validation") + BUNDLED
 
 
