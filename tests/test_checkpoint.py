@@ -283,8 +283,9 @@ for spec in (P("x"), P(None, "x")):  # the saved layout, then another one
     step, got, position = ckpt.restore(target)
   shards = got["w"].addressable_shards
   same = all(np.array_equal(np.asarray(s.data), (x + 5)[s.index]) for s in shards)
+  # Count the warnings about the damaged step only: other libraries may warn here too.
   print(f"process {process}: step {step} position {position} equal {same} skipped "
-        f"{['step 6 in' in str(w.message) for w in caught]}", flush=True)
+        f"{sum('step 6 in' in str(w.message) for w in caught)}", flush=True)
 ckpt.close()
 """
 
@@ -300,5 +301,5 @@ def test_two_processes_agree_on_the_step_they_restore(tmp_path):
   for i, (p, out) in enumerate(zip(procs, outs)):
     assert p.returncode == 0, out[-3000:]
     lines = [l for l in out.splitlines() if l.startswith(f"process {i}:")]
-    assert lines == [f"process {i}: step 5 position 50 equal True skipped [True]",
-                     f"process {i}: step 5 position 50 equal True skipped []"], out[-3000:]
+    assert lines == [f"process {i}: step 5 position 50 equal True skipped 1",
+                     f"process {i}: step 5 position 50 equal True skipped 0"], out[-3000:]
