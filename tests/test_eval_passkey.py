@@ -44,6 +44,12 @@ def test_entry_point_writes_table_json_and_heat_map(run_dir, tmp_path, capsys):
   assert len(result["cells"]) == 6 and len(result["examples"]) == 12
   for example in result["examples"]:
     assert len(example["answer"]) == len(example["predicted"]) == 4   # " " + 3 digits, bytes
+  for cell in result["cells"]:   # the share of predicted tokens found anywhere in the answer
+    rows = [e for e in result["examples"]
+            if (e["length"], e["depth"]) == (cell["length"], cell["depth"])]
+    share = np.mean([sum(t in e["answer"] for t in e["predicted"]) / 4 for e in rows])
+    assert cell["token_in_answer"] == pytest.approx(share)
+    assert cell["token_in_answer"] >= cell["token_accuracy"]
   starts = [c["key_segment"] for c in result["cells"] if c["depth"] == "start"]
   ends = [c["segments"] - c["key_segment"] for c in result["cells"] if c["depth"] == "end"]
   assert max(starts) <= 3 and max(ends) <= 2   # the key early, or in the last segments
@@ -65,6 +71,14 @@ def test_lengths_in_segments_and_errors(run_dir, tmp_path):
                              f"--out={tmp_path}"])
   with pytest.raises(UserError, match="lacks parameters|does not exist"):
     eval_passkey.main(GIN + [f"--checkpoint={tmp_path / 'nothing'}"])
+
+
+def test_in_answer_share_counts_right_tokens_in_the_wrong_place():
+  key = np.array([35, 56, 53, 56, 59])                                   # " 5258"
+  assert passkey_eval.in_answer_share(key, key) == 1.0
+  assert passkey_eval.in_answer_share(np.array([35, 53, 56, 59, 56]), key) == 1.0  # order lost
+  assert passkey_eval.in_answer_share(np.array([35, 56, 60, 61, 62]), key) == 0.4
+  assert passkey_eval.in_answer_share(np.array([40, 41, 42, 43, 44]), key) == 0.0
 
 
 def test_counts_take_binary_suffixes():

@@ -24,6 +24,13 @@ def prompt(encode, length: int, depth: float, digits: int, seed: int, filler_tex
   return passkey.make_example(encode, length + 1 - len(answer), depth, digits, seed, filler_text)
 
 
+def in_answer_share(predicted: np.ndarray, answer: np.ndarray) -> float:
+  """The share of ``predicted`` tokens ``[m]`` that occur anywhere in ``answer`` ``[m]``, in
+  the right place or not. Beside the token accuracy it tells a model that reads which digits
+  the key holds but not their order (high share, low accuracy) from one that reads nothing."""
+  return float(np.isin(predicted, answer).mean())
+
+
 def evaluate(model, encode, lengths, depths, samples: int, digits: int, filler_text=None,
              batch_size: int = 16, chunk_segments: int = 16, knockout: bool = False) -> dict:
   """Accuracy per (length, depth) cell, the cells' details and every prompt's outcome.
@@ -67,6 +74,7 @@ def evaluate(model, encode, lengths, depths, samples: int, digits: int, filler_t
           length=length, segments=-(-length // n), depth=name, fraction=depth,
           accuracy=float(np.mean(correct)),
           token_accuracy=float(np.mean([(p == a).mean() for _, (p, _, a) in rows])),
+          token_in_answer=float(np.mean([in_answer_share(p, a) for _, (p, _, a) in rows])),
           answer_nll=float(np.mean([l.sum() for _, (_, l, _) in rows])),
           key_segment=float(np.mean(key_segments)),
           key_in_last_segment=float(np.mean([s == (length - 1) // n for s in key_segments])),
