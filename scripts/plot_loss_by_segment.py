@@ -14,7 +14,6 @@ Own flags (the rest are the ppl.json files):
 """
 
 import argparse
-import json
 import os
 import sys
 
@@ -24,34 +23,18 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from infini_jax import paths  # noqa: E402
 from infini_jax.commands import entry  # noqa: E402
-from infini_jax.errors import UserError  # noqa: E402
 from infini_jax.evals import ppl_report  # noqa: E402
 
 
 def read_lines(files) -> tuple[dict, list]:
   """(the reports' shared {task, unit}, [(label, bits [segments], knocked-out bits or None)])."""
-  shared, seen = None, {}   # {(name, checkpoint): the model's result}, first file first
-  for path in files:
-    try:
-      report = json.loads(paths.read_text(path))
-      this = {"task": report["task"], "unit": report["unit"]}
-      models = report["models"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-      raise UserError(f"{path}: not a ppl.json of eval_ppl ({type(e).__name__}: {e}); give the "
-                      "files that `python -m infini_jax.eval_ppl --out=DIR` writes") from None
-    if shared is None:
-      shared = this
-    elif this != shared:
-      raise UserError(f"{path} is {this}, but {files[0]} is {shared}; plot one task in one unit")
-    for model in models:
-      key = (model["name"], model["checkpoint"])
-      if key not in seen:
-        seen[key] = model
-  names = [name for name, _ in seen]
+  shared, models = ppl_report.read_reports(files)
+  names = [model["name"] for model in models]
   lines = []
-  for (name, checkpoint), model in seen.items():
+  for model in models:
     # The same name from two checkpoints (e.g. two corpora's runs at one step): say which.
-    label = f"{name} ({checkpoint})" if names.count(name) > 1 else name
+    label = (f"{model['name']} ({model['checkpoint']})" if names.count(model["name"]) > 1
+             else model["name"])
     knocked = model.get("knocked_out")
     lines.append((label, ppl_report.bits_per_segment(model),
                   ppl_report.bits_per_segment(knocked) if knocked else None))

@@ -47,7 +47,7 @@ def test_two_files_make_one_plot_with_the_shared_baseline_once(tmp_path):
 def test_files_of_another_unit_or_not_ppl_json_are_refused(tmp_path):
   first = write(tmp_path / "a.json", [model("none@10", "runs/none", [2.0])])
   other = write(tmp_path / "b.json", [model("none@10", "runs/sp", [2.0])], unit="bits per token")
-  with pytest.raises(UserError, match="plot one task in one unit"):
+  with pytest.raises(UserError, match="give files of one task and unit"):
     plot_loss_by_segment.read_lines([first, other])
   (tmp_path / "c.json").write_text("{}")
   with pytest.raises(UserError, match="c.json: not a ppl.json of eval_ppl"):

@@ -7,9 +7,13 @@ EOS one more token), so the unit is bits per byte; with any other vocabulary it 
 and is labelled so.
 """
 
+import json
 import math
 
 import numpy as np
+
+from infini_jax import paths
+from infini_jax.errors import UserError
 
 # (name, first segment, last segment or None), 1-based and inclusive. The experiment trains on
 # 16 segments, so 17+ is beyond the training length.
@@ -34,6 +38,29 @@ def buckets(nll, weight) -> dict:
     loss = float(np.sum(nll[part]) / tokens)
     out[name] = {"tokens": tokens, "loss": loss, "bits": loss / math.log(2), "ppl": math.exp(loss)}
   return out
+
+
+def read_reports(files, same=("task", "unit")) -> tuple[dict, list]:
+  """({key: value} of the ``same`` keys, which every file must share; [each model's result, a
+  model that several files hold (same name and checkpoint) once, first file first]) of several
+  ``ppl.json`` files of ``eval_ppl``."""
+  shared, seen = None, {}
+  for path in files:
+    try:
+      report = json.loads(paths.read_text(path))
+      this = {key: report[key] for key in same}
+      models = report["models"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+      raise UserError(f"{path}: not a ppl.json of eval_ppl ({type(e).__name__}: {e}); give the "
+                      "files that `python -m infini_jax.eval_ppl --out=DIR` writes") from None
+    if shared is None:
+      shared = this
+    elif this != shared:
+      raise UserError(f"{path} is {this}, but {files[0]} is {shared}; give files of one task "
+                      "and unit, evaluated on the same windows")
+    for model in models:
+      seen.setdefault((model["name"], model["checkpoint"]), model)
+  return shared, list(seen.values())
 
 
 def bits_per_segment(result: dict) -> np.ndarray:

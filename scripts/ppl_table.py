@@ -1,0 +1,110 @@
+"""One Markdown table of held-out bits by segment bucket from several ``eval_ppl`` ``ppl.json`` files.
+
+    python scripts/ppl_table.py runs/long_context/pystdlib/*/eval/ppl.json
+
+A row per model (named by its run folder; the baseline first), with its knock-out (``eval_ppl --knockout``) in the
+row below where the file has one; a column per bucket (``evals.ppl_report.BUCKETS`` and "all").
+Each cell is the bucket's bits (per byte for the byte vocabulary, else per token) and, when one of
+the files holds the ``memory="none"`` model of the windows' segment length, the change against it
+in brackets. So models evaluated in separate ``eval_ppl`` runs compare in one table, provided
+they read the same windows: the files must share the task, unit, segments and segment length, and
+every model's token count per segment must agree (else the table is refused).
+
+Own flags (the rest are the ppl.json files):
+  --out=PATH    also write the table there
+"""
+
+import argparse
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from infini_jax import paths  # noqa: E402
+from infini_jax.commands import entry  # noqa: E402
+from infini_jax.errors import UserError  # noqa: E402
+from infini_jax.evals import ppl_report  # noqa: E402
+
+COLUMNS = [name for name, _, _ in ppl_report.BUCKETS] + ["all"]
+
+
+def run_name(checkpoint: str) -> str:
+  """The run folder of a model's checkpoint path (``runs/x/checkpoints`` -> ``x``)."""
+  parts = checkpoint.rstrip("/").split("/")
+  return parts[-2] if parts[-1] == "checkpoints" and len(parts) > 1 else parts[-1]
+
+
+def rows(files) -> tuple[dict, list, str | None]:
+  """(the files' shared {task, unit, segments, segment_len}, [(label, {bucket: bits or None},
+  {bucket: change against none or None} or None)], the baseline's label or None)."""
+  shared, models = ppl_report.read_reports(files, ("task", "unit", "segments", "segment_len"))
+  first = models[0]
+  for model in models[1:]:
+    if not np.array_equal(model["tokens_per_segment"], first["tokens_per_segment"]):
+      raise UserError(f"{model['name']} ({model['checkpoint']}) read other windows than "
+                      f"{first['name']} ({first['checkpoint']}): its tokens per segment differ; "
+                      "evaluate both with the same --segments, --batch_size and --max_batches")
+  base = ppl_report.none_baseline(models, shared["segment_len"])
+  if base is not None:   # the baseline's row first
+    models = [base] + [model for model in models if model is not base]
+  labels = [run_name(model["checkpoint"]) for model in models]
+  labels = [model["checkpoint"] if labels.count(label) > 1 else label
+            for label, model in zip(labels, models)]
+
+  def buckets(result):
+    return ppl_report.buckets(np.asarray(result["nll_per_segment"], np.float64),
+                              np.asarray(result["tokens_per_segment"], np.float64))
+
+  base_buckets = None if base is None else buckets(base)
+  out = []
+  for label, model in zip(labels, models):
+    results = [(label, buckets(model), model is not base)]
+    if model.get("knocked_out") and model["memory"] != "none":
+      results.append((f"{label} knock-out", buckets(model["knocked_out"]), True))
+    for name, result, compare in results:
+      change = (ppl_report.relative_change(result, base_buckets)
+                if compare and base_buckets is not None else None)
+      out.append((name, {k: None if v is None else v["bits"] for k, v in result.items()},
+                  change))
+  return shared, out, None if base is None else labels[0]
+
+
+def markdown(shared: dict, table_rows: list, baseline: str | None) -> str:
+  """The rows as a Markdown table, with a line that says the unit and the baseline."""
+  lines = [f"{shared['unit']} on {shared['task']} validation, {shared['segments']} segments of "
+           f"{shared['segment_len']}" + (f"; in brackets the change against {baseline}"
+                                         if baseline else "; no memory=\"none\" baseline given"),
+           "",
+           "| model | " + " | ".join(f"segment {c}" if c != "all" else "all" for c in COLUMNS) + " |",
+           "|---|" + "---|" * len(COLUMNS)]
+  for label, bits, change in table_rows:
+    cells = []
+    for column in COLUMNS:
+      if bits[column] is None:
+        cells.append("-")
+      elif change is None or change[column] is None:
+        cells.append(f"{bits[column]:.4f}")
+      else:
+        cells.append(f"{bits[column]:.4f} ({100 * change[column]:+.2f} %)")
+    lines.append(f"| {label} | " + " | ".join(cells) + " |")
+  return "\n".join(lines)
+
+
+def main(argv=None) -> dict:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("files", nargs="+", help="ppl.json files of eval_ppl")
+  parser.add_argument("--out", help="also write the table to this file")
+  args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+  shared, table_rows, baseline = rows(args.files)
+  text = markdown(shared, table_rows, baseline)
+  print(text, flush=True)
+  if args.out:
+    paths.makedirs(os.path.dirname(args.out) or ".")
+    paths.write_text(args.out, text + "\n")
+  return {"rows": table_rows, "baseline": baseline, **shared}
+
+
+if __name__ == "__main__":
+  entry.run(main)
