@@ -45,7 +45,7 @@ def rows(files) -> tuple[dict, list, str | None]:
     if not np.array_equal(model["tokens_per_segment"], first["tokens_per_segment"]):
       raise UserError(f"{model['name']} ({model['checkpoint']}) read other windows than "
                       f"{first['name']} ({first['checkpoint']}): its tokens per segment differ; "
-                      "evaluate both with the same --segments, --batch_size and --max_batches")
+                      "evaluate both with the same --segments, --batch_size and --batches")
   base = ppl_report.none_baseline(models, shared["segment_len"])
   if base is not None:   # the baseline's row first
     models = [base] + [model for model in models if model is not base]

@@ -11,7 +11,8 @@ for the byte vocabulary (nats / ln 2 per byte token), else bits per token, label
 (``evals.ppl_report``). With a baseline, both models read the same windows and are printed side
 by side; when one of them has ``memory="none"`` (and the main run's segment length), the other's
 relative change against it is printed too ("NAME vs none") and written as ``vs_none``.
-``scripts/plot_loss_by_segment.py`` plots the per-segment losses of several ``ppl.json`` files.
+``scripts/plot_loss_by_segment.py`` plots the per-segment losses of several ``ppl.json`` files;
+``scripts/ppl_table.py`` puts their models into one table against ``none``.
 
 Own flags (the rest are gin flags, as for the trainer):
   --checkpoint=DIR            a run directory, its checkpoints/ or one step (default MODEL_DIR's)
