@@ -6,7 +6,8 @@
 Every model of every file is one line (a model that several files hold, such as the
 ``memory="none"`` baseline, is drawn once), in bits per byte for the byte vocabulary, else bits
 per token (``evals.ppl_report``); its knock-out (``eval_ppl --knockout``), where the file has one,
-is the same colour dashed. The files must share the task and the unit.
+is the same colour dashed (not for ``memory="none"``, whose knock-out is itself). The files
+must share the task and the unit.
 
 Own flags (the rest are the ppl.json files):
   --out=PATH            the PNG (default: loss_by_segment.png beside the first file)
@@ -35,7 +36,8 @@ def read_lines(files) -> tuple[dict, list]:
     # The same name from two checkpoints (e.g. two corpora's runs at one step): say which.
     label = (f"{model['name']} ({model['checkpoint']})" if names.count(model["name"]) > 1
              else model["name"])
-    knocked = model.get("knocked_out")
+    # A memory="none" model's knock-out is the model itself: not drawn again.
+    knocked = model.get("knocked_out") if model.get("memory") != "none" else None
     lines.append((label, ppl_report.bits_per_segment(model),
                   ppl_report.bits_per_segment(knocked) if knocked else None))
   return shared, lines
