@@ -1,9 +1,10 @@
-"""One Markdown table of held-out bits by segment bucket from several ``eval_ppl`` ``ppl.json`` files.
+"""One Markdown table of held-out bits by segment bucket from several ``eval_ppl`` ppl.json files.
 
     python scripts/ppl_table.py runs/long_context/pystdlib/*/eval/ppl.json
 
-A row per model (named by its run folder; the baseline first), with its knock-out (``eval_ppl --knockout``) in the
-row below where the file has one; a column per bucket (``evals.ppl_report.BUCKETS`` and "all").
+A row per model (named by its run folder; the baseline first), with its knock-out (``eval_ppl
+--knockout``) in the row below where the file has one; a column per bucket
+(``evals.ppl_report.BUCKETS`` and "all").
 Each cell is the bucket's bits (per byte for the byte vocabulary, else per token) and, when one of
 the files holds the ``memory="none"`` model of the windows' segment length, the change against it
 in brackets. So models evaluated in separate ``eval_ppl`` runs compare in one table, provided
@@ -77,7 +78,7 @@ def markdown(shared: dict, table_rows: list, baseline: str | None) -> str:
            f"{shared['segment_len']}" + (f"; in brackets the change against {baseline}"
                                          if baseline else "; no memory=\"none\" baseline given"),
            "",
-           "| model | " + " | ".join(f"segment {c}" if c != "all" else "all" for c in COLUMNS) + " |",
+           "| model | " + " | ".join(c if c == "all" else f"segment {c}" for c in COLUMNS) + " |",
            "|---|" + "---|" * len(COLUMNS)]
   for label, bits, change in table_rows:
     cells = []
