@@ -36,8 +36,7 @@ def read_lines(files) -> tuple[dict, list]:
     # The same name from two checkpoints (e.g. two corpora's runs at one step): say which.
     label = (f"{model['name']} ({model['checkpoint']})" if names.count(model["name"]) > 1
              else model["name"])
-    # A memory="none" model's knock-out is the model itself: not drawn again.
-    knocked = model.get("knocked_out") if model.get("memory") != "none" else None
+    knocked = ppl_report.knocked_out(model)
     lines.append((label, ppl_report.bits_per_segment(model),
                   ppl_report.bits_per_segment(knocked) if knocked else None))
   return shared, lines

@@ -62,8 +62,9 @@ def rows(files) -> tuple[dict, list, str | None]:
   out = []
   for label, model in zip(labels, models):
     results = [(label, buckets(model), model is not base)]
-    if model.get("knocked_out") and model["memory"] != "none":
-      results.append((f"{label} knock-out", buckets(model["knocked_out"]), True))
+    knocked = ppl_report.knocked_out(model)
+    if knocked:
+      results.append((f"{label} knock-out", buckets(knocked), True))
     for name, result, compare in results:
       change = (ppl_report.relative_change(result, base_buckets)
                 if compare and base_buckets is not None else None)

@@ -63,6 +63,12 @@ def read_reports(files, same=("task", "unit")) -> tuple[dict, list]:
   return shared, list(seen.values())
 
 
+def knocked_out(model: dict) -> dict | None:
+  """A model's knock-out result (``eval_ppl --knockout``), or None where it has none or has no
+  memory (a ``memory="none"`` model's knock-out is the model itself)."""
+  return model.get("knocked_out") if model.get("memory") != "none" else None
+
+
 def bits_per_segment(result: dict) -> np.ndarray:
   """``[segments]`` bits per token of each segment of a model's result (NaN where no tokens)."""
   nll = np.asarray(result["nll_per_segment"], np.float64)
