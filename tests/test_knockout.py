@@ -136,9 +136,21 @@ def test_eval_ppl_knockout_and_a_full_attention_baseline(tmp_path, capsys):
   assert none["segment_len"] == 256 and len(none["nll_per_segment"]) == 4
   assert infini["knocked_out"]["buckets"]["1"] == infini["buckets"]["1"]
   assert infini["knocked_out"]["buckets"]["2-4"]["loss"] != infini["buckets"]["2-4"]["loss"]
-  assert none["knocked_out"]["nll_per_segment"] == none["nll_per_segment"]
+  assert none["knocked_out"] is None                   # no memory: not read a second time
   assert infini["state_per_sequence"] == state.state_per_sequence(model_of("infini", segment_len=64).cfg)
   assert none["state_per_sequence"]["carried"]["numbers"] == 0
   out = capsys.readouterr().out
   assert none["name"] == "none/seg256@3" and infini["name"] == "infini/linear@3"
-  assert " ko" in out and "state per sequence of none/seg256@3" in out
+  assert "infini/linear@3 ko" in out and "none/seg256@3 ko" not in out
+  assert "state per sequence of none/seg256@3" in out
+
+
+def test_eval_ppl_knockout_of_a_model_without_memory_reads_it_once(tmp_path, capsys):
+  run = save_run(tmp_path / "none", memory="none", segment_len=64)
+  report = eval_ppl.main(SMOKE + [
+      "--gin.SEGMENT_LEN=64", "--gin.ModelConfig.memory='none'", "--gin.train.data=@DataConfig()",
+      f"--checkpoint={run}", "--segments=4", "--batches=1", "--batch_size=2", "--knockout",
+      f"--out={tmp_path}"])
+  (none,) = report["models"]
+  assert none["knocked_out"] is None and none["buckets"]["all"]["tokens"] > 0
+  assert " ko" not in capsys.readouterr().out

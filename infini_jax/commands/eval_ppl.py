@@ -26,7 +26,8 @@ Own flags (the rest are gin flags, as for the trainer):
   --out=DIR                   where ppl.json goes (default RUN_DIR/eval, next to checkpoints/)
   --knockout                  also read the same windows with the memory never written (it stays
                               empty), printed beside each model ("NAME ko") and in the JSON
-                              (``knocked_out`` of each model)
+                              (``knocked_out`` of each model; null for memory="none", which has
+                              no memory to knock out and is not read twice)
 
 Each model's state per sequence (``evals.state``: infini M and z, xl one segment of K/V per layer,
 the segment's K/V cache) is printed and written as ``state_per_sequence``.
@@ -85,8 +86,12 @@ def main(argv=None) -> dict:
     models.append(baseline)
   vocab_size = max(r.model.cfg.vocab_size for r in models)
   totals, batches = ppl.per_segment_sums(models, data_cfg, vocab_size, counts["batches"])
-  knocked = (ppl.per_segment_sums(models, data_cfg, vocab_size, counts["batches"], knockout=True)[0]
-             if "knockout" in own else [None] * len(models))
+  # A memory="none" model has no memory to knock out: its knock-out would be itself, read again.
+  remembering = ["knockout" in own and r.model.cfg.memory != "none" for r in models]
+  knocked = iter(ppl.per_segment_sums([r for r, k in zip(models, remembering) if k], data_cfg,
+                                      vocab_size, counts["batches"], knockout=True)[0]
+                 if any(remembering) else ())
+  knocked = [next(knocked) if k else None for k in remembering]
 
   def sums(t):
     return dict(nll_per_segment=t["nll"].tolist(), tokens_per_segment=t["weight"].tolist(),
