@@ -30,7 +30,7 @@ def write(path, models, unit="bits per byte", task="shakespeare"):
 
 def test_two_files_make_one_plot_with_the_shared_baseline_once(tmp_path):
   none = dict(model("none@10", "runs/none", [2.0, 1.9, 1.9, 1.9], [2.0, 1.9, 1.9, 1.9]),
-              memory="none")    # eval_ppl --knockout on none: the same numbers, drawn once
+              memory="none")    # an older eval_ppl's knock-out of none: itself, drawn once
   first = write(tmp_path / "a.json", [model("infini/linear@10", "runs/linear",
                                             [2.1, 1.8, 1.7, 1.6], [2.1, 2.0, 2.0, 2.0]), none])
   second = write(tmp_path / "b.json", [model("xl@10", "runs/xl", [2.0, 1.8, 1.8, 1.8]), none])

@@ -65,7 +65,8 @@ def read_reports(files, same=("task", "unit")) -> tuple[dict, list]:
 
 def knocked_out(model: dict) -> dict | None:
   """A model's knock-out result (``eval_ppl --knockout``), or None where it has none or has no
-  memory (a ``memory="none"`` model's knock-out is the model itself)."""
+  memory (``eval_ppl`` writes none for a ``memory="none"`` model; files written before it
+  stopped doing so hold one that is the model itself)."""
   return model.get("knocked_out") if model.get("memory") != "none" else None
 
 
