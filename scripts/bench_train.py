@@ -191,7 +191,7 @@ def main(argv=None):
   p.add_argument("--segment_len", type=int)
   p.add_argument("--remat", choices=REMAT_POLICIES)
   p.add_argument("--scan_layers", choices=("true", "false"), help="ModelConfig.scan_layers")
-  p.add_argument("--attention_impl", choices=("xla", "cudnn", "reference"),
+  p.add_argument("--attention_impl", choices=("xla", "blocked", "cudnn", "reference"),
                  help="default: cudnn on GPU in bfloat16, else the config's")
   p.add_argument("--memories", default="infini,none", help="which models, in order")
   p.add_argument("--steps", type=int, default=5, help="timed steps")

@@ -14,6 +14,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 from jax.experimental.pallas.ops.tpu import splash_attention as splash
 
@@ -26,6 +27,8 @@ from infini_jax.sharding import constrain, logical_to_spec
 # Splash tiles (query and key/value, forward and backward), largest first: the first that divides
 # the segment is used. The kernel needs multiples of 128 (one vector register's lanes).
 SPLASH_BLOCKS = (512, 256, 128)
+# Query rows per block of attention_impl="blocked" (measured fastest on CPU: BENCHMARKS §8).
+CAUSAL_BLOCK = 128
 Q_AXES = ("batch", "seq", "heads", "head_dim")
 KV_AXES = ("batch", "seq", "kv_heads", "head_dim")
 
@@ -38,7 +41,8 @@ def platform() -> str:
 
 
 def resolve_impl(impl: str, segment_len: int, dtype) -> str:
-  """``"auto"`` -> splash on TPU, cuDNN flash attention on GPU in 16-bit floats, else XLA.
+  """``"auto"`` -> splash on TPU, cuDNN flash attention on GPU in 16-bit floats, blocked on CPU,
+  else XLA.
 
   On TPU a segment that is not a multiple of 128 (e.g. a short decode prefill) falls back to XLA.
   Any other ``impl`` is returned as it is.
@@ -50,7 +54,7 @@ def resolve_impl(impl: str, segment_len: int, dtype) -> str:
     return "splash"
   if target == "gpu" and dtype in (jnp.bfloat16, jnp.float16):
     return "cudnn"
-  return "xla"
+  return "blocked" if target == "cpu" else "xla"
 
 
 def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array,
@@ -103,7 +107,41 @@ def local_attention(q: jax.Array, k: jax.Array, v: jax.Array, impl: str) -> jax.
     return splash_attention(q, k, v)
   if impl == "reference":
     return attend_up_to(q, k, v, jnp.arange(q.shape[1]))
+  if impl == "blocked":
+    return blocked_attention(q, k, v)
   return jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=impl)
+
+
+def blocked_attention(q: jax.Array, k: jax.Array, v: jax.Array,
+                      block: int = CAUSAL_BLOCK) -> jax.Array:
+  """Causal attention one block of ``block`` query rows at a time, heads first.
+
+  ``q [b, n, heads, d]``, ``k, v [b, n, kv_heads, d]`` -> ``[b, n, heads, d]``; query head h uses
+  key/value head ``h // group``. The rows of block i attend to the keys of blocks ``0..i`` only,
+  so the scores right of the diagonal blocks are never formed: of the ``n^2`` scores, about half
+  for many blocks. q, k and v are laid out ``[b, kv_heads, (group,) n, d]`` once, so that both
+  products of every block are plain batched matmuls, and k and v are split into their blocks
+  (whose gradients concatenate) rather than sliced (whose gradients would be padded to ``n`` and
+  summed, once per block). Scores and softmax in float32, as in the reference.
+  """
+  b, n, heads, d = q.shape
+  kv_heads = k.shape[2]
+  q = q.reshape(b, n, kv_heads, heads // kv_heads, d).transpose(0, 2, 3, 1, 4)  # [b, kv, g, n, d]
+  k, v = k.swapaxes(1, 2), v.swapaxes(1, 2)                                    # [b, kv, n, d]
+  starts = list(range(block, n, block))
+  q_blocks = jnp.split(q, starts, axis=3)
+  k_blocks, v_blocks = jnp.split(k, starts, axis=2), jnp.split(v, starts, axis=2)
+  rows = []
+  for i, q_i in enumerate(q_blocks):
+    s, e = i * block, i * block + q_i.shape[3]
+    k_i, v_i = (jnp.concatenate(x[:i + 1], axis=2) for x in (k_blocks, v_blocks))  # keys 0..e-1
+    scores = jnp.einsum("bkgtd,bksd->bkgts", q_i, k_i,
+                        preferred_element_type=jnp.float32) / jnp.sqrt(jnp.float32(d))
+    visible = np.arange(e) <= np.arange(s, e)[:, None]                          # [e - s, e]
+    weights = jax.nn.softmax(jnp.where(visible, scores, -jnp.inf), axis=-1)
+    rows.append(jnp.einsum("bkgts,bksd->bkgtd", weights.astype(v.dtype), v_i))
+  out = jnp.concatenate(rows, axis=3)                                           # [b, kv, g, n, d]
+  return out.transpose(0, 3, 1, 2, 4).reshape(b, n, heads, d)
 
 
 @scoped("local_attention")

@@ -9,7 +9,7 @@ from infini_jax.errors import UserError
 MEMORY_KINDS = ("infini", "none", "xl")
 EMPTY_MEMORY_GATES = ("paper", "local_only")
 REMAT_POLICIES = ("segment", "segment_and_layer", "save_dots", "none")
-ATTENTION_IMPLS = ("auto", "xla", "cudnn", "splash", "reference")
+ATTENTION_IMPLS = ("auto", "xla", "blocked", "cudnn", "splash", "reference")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 ROPE_SCALING_KEYS = ("factor", "high_freq_factor", "low_freq_factor",
                      "original_max_position_embeddings")
@@ -43,9 +43,10 @@ class ModelConfig:
     scan_layers: run the layer stack as a ``jax.lax.scan`` over the stacked blocks (compile time
       independent of depth); False unrolls it (the same parameters; a longer compile, and on a CPU
       a faster step: fewer copies in and out of the stacked arrays).
-    attention_impl: local-path kernel: "auto" (splash on TPU, cudnn on GPU in 16-bit floats, else
-      xla), "xla" (jax.nn.dot_product_attention's XLA path), "cudnn" (cuDNN flash attention, GPU
-      only), "splash" (the Pallas splash-attention kernel: TPU; elsewhere in Pallas' interpreter,
+    attention_impl: local-path kernel: "auto" (splash on TPU, cudnn on GPU in 16-bit floats,
+      blocked on CPU, else xla), "xla" (jax.nn.dot_product_attention's XLA path), "blocked"
+      (``attention.blocked_attention``: plain XLA ops, blocks of query rows, heads first; the
+      fastest on CPU), "cudnn" (cuDNN flash attention, GPU only), "splash" (the Pallas splash-attention kernel: TPU; elsewhere in Pallas' interpreter,
       slowly; segment_len a multiple of 128), or "reference" (plain einsum softmax).
     rope_theta: RoPE base frequency.
     norm_eps: RMSNorm epsilon.
