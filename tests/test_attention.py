@@ -8,8 +8,7 @@ import pytest
 from flax import nnx
 
 from infini_jax.model import ModelConfig
-from infini_jax.model.attention import (InfiniAttention, KVCache, blocked_attention, local_attention,
-                                        resolve_impl)
+from infini_jax.model.attention import InfiniAttention, KVCache, blocked_attention, local_attention
 from infini_jax.memory import init_memory, is_empty
 
 
@@ -188,10 +187,6 @@ def test_blocked_attention_skips_the_scores_above_the_diagonal_blocks():
   ratio = (flops(functools.partial(blocked_attention, block=128))
            / flops(functools.partial(blocked_attention, block=1024)))
   assert 0.5 < ratio < 0.6, ratio
-
-
-def test_auto_attention_on_cpu_is_blocked():
-  assert resolve_impl("auto", 128, jnp.float32) == "blocked"
 
 
 @pytest.mark.parametrize("impl", ["xla", "blocked"])

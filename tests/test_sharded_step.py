@@ -23,7 +23,8 @@ from infini_jax.training import step
 from infini_jax.model import InfiniTransformer, ModelConfig
 
 cfg = ModelConfig(vocab_size=64, num_layers=2, d_model=32, num_heads=4, num_kv_heads=2,
-                  mlp_dim=64, segment_len=8)
+                  mlp_dim=64, segment_len=16)   # not d (8): the local attention's heads-first
+                                                # [b, kv_heads, group, segment, d] would match M's
 rules = sharding.DEFAULT_RULES
 out = {}
 

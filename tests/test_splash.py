@@ -51,9 +51,9 @@ def test_splash_needs_a_segment_in_tiles_of_128():
   with pytest.raises(ValueError, match="segment_len 96 is not a multiple of 128"):
     local_attention(q, k, v, "splash")
 
-def test_auto_is_xla_on_cpu():
+def test_auto_is_blocked_on_cpu():
   assert jax.default_backend() == "cpu"
-  assert resolve_impl("auto", 2048, jnp.bfloat16) == "xla"
+  assert resolve_impl("auto", 2048, jnp.bfloat16) == "blocked"
   assert resolve_impl("splash", 2048, jnp.bfloat16) == "splash"
 
 SHARDED = r"""

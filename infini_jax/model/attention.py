@@ -31,6 +31,8 @@ SPLASH_BLOCKS = (512, 256, 128)
 CAUSAL_BLOCK = 128
 Q_AXES = ("batch", "seq", "heads", "head_dim")
 KV_AXES = ("batch", "seq", "kv_heads", "head_dim")
+HEADS_FIRST_Q = ("batch", "kv_heads", None, "seq", "head_dim")     # [b, kv_heads, group, n, d]
+HEADS_FIRST_KV = ("batch", "kv_heads", "seq", "head_dim")
 
 
 def platform() -> str:
@@ -128,6 +130,8 @@ def blocked_attention(q: jax.Array, k: jax.Array, v: jax.Array,
   kv_heads = k.shape[2]
   q = q.reshape(b, n, kv_heads, heads // kv_heads, d).transpose(0, 2, 3, 1, 4)  # [b, kv, g, n, d]
   k, v = k.swapaxes(1, 2), v.swapaxes(1, 2)                                    # [b, kv, n, d]
+  q = constrain(q, HEADS_FIRST_Q)          # keep the heads' sharding through the new layout
+  k, v = constrain(k, HEADS_FIRST_KV), constrain(v, HEADS_FIRST_KV)
   starts = list(range(block, n, block))
   q_blocks = jnp.split(q, starts, axis=3)
   k_blocks, v_blocks = jnp.split(k, starts, axis=2), jnp.split(v, starts, axis=2)
@@ -140,7 +144,7 @@ def blocked_attention(q: jax.Array, k: jax.Array, v: jax.Array,
     visible = np.arange(e) <= np.arange(s, e)[:, None]                          # [e - s, e]
     weights = jax.nn.softmax(jnp.where(visible, scores, -jnp.inf), axis=-1)
     rows.append(jnp.einsum("bkgts,bksd->bkgtd", weights.astype(v.dtype), v_i))
-  out = jnp.concatenate(rows, axis=3)                                           # [b, kv, g, n, d]
+  out = constrain(jnp.concatenate(rows, axis=3), HEADS_FIRST_Q)                # [b, kv, g, n, d]
   return out.transpose(0, 3, 1, 2, 4).reshape(b, n, heads, d)
 
 
