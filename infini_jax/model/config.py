@@ -46,8 +46,9 @@ class ModelConfig:
     attention_impl: local-path kernel: "auto" (splash on TPU, cudnn on GPU in 16-bit floats,
       blocked on CPU, else xla), "xla" (jax.nn.dot_product_attention's XLA path), "blocked"
       (``attention.blocked_attention``: plain XLA ops, blocks of query rows, heads first; the
-      fastest on CPU), "cudnn" (cuDNN flash attention, GPU only), "splash" (the Pallas splash-attention kernel: TPU; elsewhere in Pallas' interpreter,
-      slowly; segment_len a multiple of 128), or "reference" (plain einsum softmax).
+      fastest on CPU), "cudnn" (cuDNN flash attention, GPU only), "splash" (the Pallas
+      splash-attention kernel: TPU; elsewhere in Pallas' interpreter, slowly; segment_len a
+      multiple of 128), or "reference" (plain einsum softmax).
     rope_theta: RoPE base frequency.
     norm_eps: RMSNorm epsilon.
     tie_embeddings: use the embedding matrix as the output projection.
