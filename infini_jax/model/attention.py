@@ -21,7 +21,8 @@ from jax.experimental.pallas.ops.tpu import splash_attention as splash
 from infini_jax import memory as mem
 from infini_jax.model import xl
 from infini_jax.model.config import ModelConfig
-from infini_jax.model.layers import fan_in_init, masked_attention, param, rope, scoped
+from infini_jax.model.layers import (fan_in_init, heads_first_attention, masked_attention, param,
+                                     rope, scoped)
 from infini_jax.sharding import constrain, logical_to_spec
 
 # Splash tiles (query and key/value, forward and backward), largest first: the first that divides
@@ -124,7 +125,7 @@ def blocked_attention(q: jax.Array, k: jax.Array, v: jax.Array,
   for many blocks. q, k and v are laid out ``[b, kv_heads, (group,) n, d]`` once, so that both
   products of every block are plain batched matmuls, and k and v are split into their blocks
   (whose gradients concatenate) rather than sliced (whose gradients would be padded to ``n`` and
-  summed, once per block). Scores and softmax in float32, as in the reference.
+  summed, once per block). Each block is :func:`layers.heads_first_attention`.
   """
   b, n, heads, d = q.shape
   kv_heads = k.shape[2]
@@ -139,11 +140,8 @@ def blocked_attention(q: jax.Array, k: jax.Array, v: jax.Array,
   for i, q_i in enumerate(q_blocks):
     s, e = i * block, i * block + q_i.shape[3]
     k_i, v_i = (jnp.concatenate(x[:i + 1], axis=2) for x in (k_blocks, v_blocks))  # keys 0..e-1
-    scores = jnp.einsum("bkgtd,bksd->bkgts", q_i, k_i,
-                        preferred_element_type=jnp.float32) / jnp.sqrt(jnp.float32(d))
     visible = np.arange(e) <= np.arange(s, e)[:, None]                          # [e - s, e]
-    weights = jax.nn.softmax(jnp.where(visible, scores, -jnp.inf), axis=-1)
-    rows.append(jnp.einsum("bkgts,bksd->bkgtd", weights.astype(v.dtype), v_i))
+    rows.append(heads_first_attention(q_i, k_i, v_i, visible))
   out = constrain(jnp.concatenate(rows, axis=3), HEADS_FIRST_Q)                # [b, kv, g, n, d]
   return out.transpose(0, 3, 1, 2, 4).reshape(b, n, heads, d)
 

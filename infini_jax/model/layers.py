@@ -146,9 +146,20 @@ def masked_attention(q: jax.Array, k: jax.Array, v: jax.Array, visible: jax.Arra
   """
   b, t, heads, d = q.shape
   kv_heads = k.shape[2]
-  q = q.reshape(b, t, kv_heads, heads // kv_heads, d)
-  scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
-  scores = scores / jnp.sqrt(jnp.float32(d))
-  weights = jax.nn.softmax(jnp.where(visible[:, None, None], scores, -jnp.inf), axis=-1)
-  out = jnp.einsum("bkgts,bskd->btkgd", weights.astype(v.dtype), v)
-  return out.reshape(b, t, heads, d)
+  q = q.reshape(b, t, kv_heads, heads // kv_heads, d).transpose(0, 2, 3, 1, 4)
+  out = heads_first_attention(q, k.swapaxes(1, 2), v.swapaxes(1, 2), visible[:, None, None])
+  return out.transpose(0, 3, 1, 2, 4).reshape(b, t, heads, d)
+
+
+def heads_first_attention(q: jax.Array, k: jax.Array, v: jax.Array,
+                          visible: jax.Array | np.ndarray) -> jax.Array:
+  """Softmax attention in the heads-first layout, the G query heads of a key/value head grouped.
+
+  ``q [b, kv_heads, G, t, d]``, ``k, v [b, kv_heads, s, d]``, ``visible`` bool, broadcastable to
+  ``[b, kv_heads, G, t, s]`` (every query sees at least one key) -> ``[b, kv_heads, G, t, d]``.
+  Scores and softmax in float32; the weights are cast back to ``v``'s dtype for the second product.
+  """
+  scores = jnp.einsum("bkgtd,bksd->bkgts", q, k, preferred_element_type=jnp.float32)
+  scores = scores / jnp.sqrt(jnp.float32(q.shape[-1]))
+  weights = jax.nn.softmax(jnp.where(visible, scores, -jnp.inf), axis=-1)
+  return jnp.einsum("bkgts,bksd->bkgtd", weights.astype(v.dtype), v)
