@@ -2,10 +2,11 @@
 
 Without CUDA drivers, ``import tensorflow`` prints "Could not find cuda drivers on your machine,
 GPU will not be used" twice, each after absl's "All log messages before absl::InitializeLog() is
-called are written to STDERR", from C++ static initialisers that run before any setting
-(``TF_CPP_MIN_LOG_LEVEL``) applies. The data modules that need TensorFlow import this module
-first: it imports TensorFlow with stderr captured at the file-descriptor level and writes back
-every line but those.
+called are written to STDERR"; on CPUs with AVX512-VNNI, AVX512-BF16 or AMX, where TensorFlow
+turns oneDNN on by default, it also prints "oneDNN custom operations are on" twice. These come from
+C++ static initialisers that run before any setting (``TF_CPP_MIN_LOG_LEVEL``) applies. The data
+modules that need TensorFlow import this module first: it imports TensorFlow with stderr captured
+at the file-descriptor level and writes back every line but those.
 """
 
 import contextlib
@@ -14,7 +15,8 @@ import re
 import sys
 import tempfile
 
-NOISE = re.compile(r"cudart_stub\.cc|absl::InitializeLog\(\) is called")
+NOISE = re.compile(r"cudart_stub\.cc|absl::InitializeLog\(\) is called|"
+                   r"port\.cc:\d+\] oneDNN custom operations are on")
 
 
 @contextlib.contextmanager
