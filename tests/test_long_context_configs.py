@@ -12,7 +12,7 @@ from infini_jax.training import step
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODELS = ("infini_linear", "infini_delta", "none", "xl", "full", "infini_linear_local_first",
-          "infini_linear_closed_gate")
+          "infini_linear_closed_gate", "infini_delta_closed_gate")
 
 
 def parameters(cfg) -> int:
@@ -27,8 +27,10 @@ def test_five_models_of_a_corpus_match_in_parameters_and_tokens(corpus):
   kinds = {m: (c.model.memory, c.model.update_rule) for m, c in configs.items()}
   assert kinds["infini_linear"] == ("infini", "linear") and kinds["infini_delta"] == ("infini", "delta")
   assert kinds["infini_linear_local_first"] == kinds["infini_linear_closed_gate"] == ("infini", "linear")
-  assert [c.model.empty_memory_gate for c in configs.values()] == ["paper"] * 5 + ["local_only", "paper"]
-  assert [c.model.gate_init for c in configs.values()] == [0.0] * 6 + [-3.0]
+  assert kinds["infini_delta_closed_gate"] == ("infini", "delta")
+  assert [c.model.empty_memory_gate for c in configs.values()] == (
+      ["paper"] * 5 + ["local_only", "paper", "paper"])
+  assert [c.model.gate_init for c in configs.values()] == [0.0] * 6 + [-3.0, -3.0]
   assert [kinds[m][0] for m in ("none", "xl", "full")] == ["none", "xl", "none"]
   counts = {m: parameters(c.model) for m, c in configs.items()}
   assert max(counts.values()) <= 1.01 * min(counts.values()), counts
