@@ -21,7 +21,7 @@ def parameters(cfg) -> int:
 
 
 @pytest.mark.parametrize("corpus", ["shakespeare", "pystdlib"])
-def test_five_models_of_a_corpus_match_in_parameters_and_tokens(corpus):
+def test_the_models_of_a_corpus_match_in_parameters_and_tokens(corpus):
   configs = {m: runs.parse_gin([f"--gin_file={ROOT}/configs/long_context/{corpus}/{m}.gin"])
              for m in MODELS}
   kinds = {m: (c.model.memory, c.model.update_rule) for m, c in configs.items()}
