@@ -15,7 +15,6 @@ A gate near 1 reads only the memory, near 0 only the local attention, near 0.5 m
 """
 
 import os
-import re
 import sys
 
 import jax
@@ -26,10 +25,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from infini_jax import checkpoint, paths  # noqa: E402
 from infini_jax.commands import entry, gin_flags, runs  # noqa: E402
+from infini_jax.commands.sweep import summary  # noqa: E402
 from infini_jax.training import step  # noqa: E402
 
 FLAGS = ("checkpoint", "logdir", "out")
-TAG = re.compile(r"gates/layer_(\d+)/head_(\d+)$")
 
 
 def restore_gates(model_cfg, directory: str) -> tuple[np.ndarray, int]:
@@ -46,22 +45,14 @@ def restore_gates(model_cfg, directory: str) -> tuple[np.ndarray, int]:
   return 1.0 / (1.0 + np.exp(-beta)), int(report["step"])
 
 
-def read_gate_history(logdir: str) -> dict:
-  """{(layer, head): (steps, values)} from TensorBoard event files under ``logdir``."""
-  from tensorboard.backend.event_processing import event_accumulator
-  history = {}
-  runs = sorted({os.path.dirname(os.path.join(root, f)) for root, _, files in os.walk(logdir)
-                 for f in files if "tfevents" in f})
-  for run in runs:
-    events = event_accumulator.EventAccumulator(run, size_guidance={"scalars": 0})
-    events.Reload()
-    for tag in events.Tags().get("scalars", []):
-      match = TAG.search(tag)
-      if match:
-        points = history.setdefault((int(match.group(1)), int(match.group(2))), {})
-        for event in events.Scalars(tag):
-          points[event.step] = event.value   # a resumed run rewrites steps: the last one wins
-  return {k: (np.array(sorted(v)), np.array([v[s] for s in sorted(v)])) for k, v in history.items()}
+def read_gate_history(logdir: str, layers: int, heads: int) -> dict:
+  """{(layer, head): (steps, values)} of the trainer's ``gates/layer_L/head_H`` scalars in the
+  TensorBoard event files in ``logdir`` (read without TensorFlow, as the sweep summary reads them;
+  a resumed run rewrites steps: the last one wins)."""
+  tags = {f"gates/layer_{l}/head_{h}": (l, h) for l in range(layers) for h in range(heads)}
+  curves = summary.tensorboard_scalars(logdir, tags)
+  return {tags[t]: (np.array(sorted(c)), np.array([c[s] for s in sorted(c)]))
+          for t, c in curves.items()}
 
 
 def plot_heat_map(gates: np.ndarray, path: str, title: str) -> None:
@@ -127,7 +118,7 @@ def main(argv=None) -> dict:
   print("\n".join(" ".join(f"{g:.2f}" for g in row) for row in gates))
   run_dir = os.path.dirname(runs.default_out(directory))
   logdir = runs.last(own, "logdir") or os.path.join(run_dir, "tensorboard")
-  history = read_gate_history(logdir) if os.path.isdir(logdir) else {}
+  history = read_gate_history(logdir, *gates.shape)
   if history:
     written["history_png"] = os.path.join(out, "gates_over_training.png")
     plot_history(history, written["history_png"], f"gates over training ({logdir})")
