@@ -25,8 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from infini_jax import checkpoint, paths  # noqa: E402
 from infini_jax.commands import entry, gin_flags, runs  # noqa: E402
-from infini_jax.commands.sweep import summary  # noqa: E402
-from infini_jax.training import step  # noqa: E402
+from infini_jax.training import events, step  # noqa: E402
 
 FLAGS = ("checkpoint", "logdir", "out")
 
@@ -47,10 +46,10 @@ def restore_gates(model_cfg, directory: str) -> tuple[np.ndarray, int]:
 
 def read_gate_history(logdir: str, layers: int, heads: int) -> dict:
   """{(layer, head): (steps, values)} of the trainer's ``gates/layer_L/head_H`` scalars in the
-  TensorBoard event files in ``logdir`` (read without TensorFlow, as the sweep summary reads them;
+  TensorBoard event files in ``logdir`` (read without TensorFlow, ``events.read_scalars``;
   a resumed run rewrites steps: the last one wins)."""
-  tags = {f"gates/layer_{l}/head_{h}": (l, h) for l in range(layers) for h in range(heads)}
-  curves = summary.tensorboard_scalars(logdir, tags)
+  tags = {events.gate_tag(l, h): (l, h) for l in range(layers) for h in range(heads)}
+  curves = events.read_scalars(logdir, tags)
   return {tags[t]: (np.array(sorted(c)), np.array([c[s] for s in sorted(c)]))
           for t, c in curves.items()}
 

@@ -17,6 +17,7 @@ import jax
 import numpy as np
 
 from infini_jax import paths
+from infini_jax.training import events
 
 TENSORBOARD_UPLOAD_S = 60.0
 
@@ -59,7 +60,7 @@ class Progress:
       if gates is not None:
         for layer, row in enumerate(np.asarray(gates)):
           for head, value in enumerate(row):
-            self.writer.add_scalar(f"gates/layer_{layer}/head_{head}", float(value), step)
+            self.writer.add_scalar(events.gate_tag(layer, head), float(value), step)
       self._write(step, scalars, "train")
     return scalars
 

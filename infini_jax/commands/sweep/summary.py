@@ -18,9 +18,9 @@ import os
 import re
 import shlex
 import socket
-import struct
 
 from infini_jax import paths
+from infini_jax.training import events
 
 STANDARD = ("name", "status", "steps", "train_loss", "eval_loss", "best_eval_loss", "tokens_per_s")
 DESCENDING = re.compile(r"acc|score|tokens_per_s|mfu", re.I)
@@ -190,7 +190,7 @@ def _markdown(rows: list, columns: list, sort_by: str) -> str:
 def loss_curves(run_dir: str) -> dict:
   """{"train/loss": {step: value}, "eval/eval_loss": {...}} from TensorBoard, else metrics.jsonl."""
   tags = ("train/loss", "eval/eval_loss")
-  curves = tensorboard_scalars(os.path.join(run_dir, "tensorboard"), tags)
+  curves = events.read_scalars(os.path.join(run_dir, "tensorboard"), tags)
   if curves:
     return curves
   for r in read_metrics(run_dir):   # later lines win: a resumed run rewrites its steps
@@ -198,35 +198,6 @@ def loss_curves(run_dir: str) -> dict:
       curves.setdefault("train/loss", {})[r["step"]] = r["loss"]
     if r.get("kind") == "eval" and "eval_loss" in r:
       curves.setdefault("eval/eval_loss", {})[r["step"]] = r["eval_loss"]
-  return curves
-
-
-def tensorboard_scalars(tb_dir: str, tags) -> dict:
-  """{tag: {step: value}} from the event files in tb_dir, oldest first (a resumed run's later file
-  wins). The files are TFRecords of Event protos, read here directly: TensorBoard's own loader
-  imports TensorFlow when it is installed, seconds per summary.
-  """
-  try:
-    from tensorboard.compat.proto import event_pb2
-    names = paths.listdir(tb_dir)
-  except (ImportError, OSError):
-    return {}
-  files = sorted((n for n in names if n.startswith("events.out.tfevents.")),
-                 key=lambda n: (n.split(".")[3], n))
-  curves = {}
-  for name in files:
-    with paths.open(os.path.join(tb_dir, name), "rb") as f:
-      while True:   # record: uint64 length, uint32 crc, data, uint32 crc
-        header = f.read(12)
-        if len(header) < 12:
-          break
-        data = f.read(struct.unpack("<Q", header[:8])[0])
-        if len(f.read(4)) < 4:
-          break   # a record still being written
-        event = event_pb2.Event.FromString(data)
-        for value in event.summary.value:
-          if value.tag in tags and value.HasField("simple_value"):
-            curves.setdefault(value.tag, {})[event.step] = value.simple_value
   return curves
 
 
