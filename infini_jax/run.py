@@ -10,6 +10,7 @@ jitted step functions.
 
 import dataclasses
 import inspect
+import re
 import types
 import typing
 from typing import Any
@@ -34,6 +35,9 @@ class RunConfig:
     eval_data: the held-out data (its "validation" split is read); None: ``data``.
     init_from: continual pretraining: a checkpoint directory of another run (only its params are
       read; missing ones are initialised and listed), or "hf:DIR" for Hugging Face weights.
+    init_fresh: with ``init_from``, regexes of parameter paths (``"blocks/attn/beta"``) that keep
+      their fresh initialisation instead of the loaded values: ``("beta",)`` restarts every gate
+      at ``ModelConfig.gate_init``, reopening memories that the other run closed.
     loss_chunk: segment positions whose logits are computed at a time (0: the whole segment);
       with a big vocabulary, e.g. 512 keeps the float32 logits out of the largest temporaries.
     peak_flops_per_device: the chip's peak for MFU; None reads it from the device kind.
@@ -61,6 +65,7 @@ class RunConfig:
   eval_data: DataConfig | SyntheticData | None = None
   eval_batches: int = 8
   init_from: str | None = None
+  init_fresh: tuple[str, ...] = ()
   peak_flops_per_device: float | None = None
   on_divergence: str = "stop"
   spike_factor: float | None = None
@@ -73,6 +78,17 @@ class RunConfig:
       raise UserError(f"train.on_divergence={self.on_divergence!r}; expected one of "
                       f"{', '.join(map(repr, divergence.ACTIONS))}")
     divergence.Guard(self.spike_factor, self.spike_window)   # checks its settings
+    if isinstance(self.init_fresh, list):
+      object.__setattr__(self, "init_fresh", tuple(self.init_fresh))
+    if self.init_fresh and not self.init_from:
+      raise UserError(f"train.init_fresh={self.init_fresh!r} needs train.init_from (the run whose "
+                      "other parameters are loaded); set it or remove train.init_fresh")
+    for pattern in self.init_fresh:
+      try:
+        re.compile(pattern)
+      except (re.error, TypeError) as e:
+        raise UserError(f"train.init_fresh: {pattern!r} is not a regex ({e}); fix "
+                        "--gin.train.init_fresh") from None
     for data in (self.data, self.eval_data):
       if data is not None and data.segment_len != self.model.segment_len:
         raise UserError(f"data segment_len {data.segment_len} differs from the model's "

@@ -263,6 +263,50 @@ def test_continual_pretraining_holds_one_optimizer_state_at_the_peak(tmp_path):
     assert array.sharding.is_equivalent_to(wanted, array.ndim), (array.sharding, wanted)
 
 
+def test_init_fresh_restarts_the_named_parameters_and_loads_the_rest(tmp_path):
+  """train.init_fresh=("beta",): the gates start at ModelConfig.gate_init again although the
+  other run closed them; every other parameter is the other run's."""
+  import dataclasses
+  import jax
+  from flax import nnx
+  from infini_jax import checkpoint, sharding
+  from infini_jax.errors import UserError
+  from infini_jax.training import optim, step, trainer as train
+  from infini_jax.model import InfiniTransformer, ModelConfig
+  cfg = ModelConfig(vocab_size=384, num_layers=2, d_model=32, num_heads=4, num_kv_heads=2,
+                    mlp_dim=64, segment_len=16, gate_init=0.0)
+  base = nnx.to_pure_dict(nnx.state(InfiniTransformer(cfg, rngs=nnx.Rngs(1)), nnx.Param))
+  base["blocks"]["attn"]["beta"] = np.full_like(base["blocks"]["attn"]["beta"], -7.0)  # closed
+  with checkpoint.Checkpointer(tmp_path, 1) as ckpt:
+    ckpt.save(5, {"params": base}, 0, force=True)
+    ckpt.wait()
+  base = jax.device_get(base)
+  fns = step.build(cfg, optim.make_optimizer(optim.OptimizerConfig()), sharding.make_mesh(),
+                   sharding.DEFAULT_RULES, 4, 64)
+  state = train._continue_from(str(tmp_path), jax.random.key(0), fns, cfg, ("beta",))
+  np.testing.assert_array_equal(state["params"]["blocks"]["attn"]["beta"], 0.0)  # gate_init
+  kept = train._continue_from(str(tmp_path), jax.random.key(0), fns, cfg)
+  np.testing.assert_array_equal(kept["params"]["blocks"]["attn"]["beta"], -7.0)
+  for params in (state["params"], kept["params"]):
+    np.testing.assert_array_equal(params["blocks"]["attn"]["w_q"], base["blocks"]["attn"]["w_q"])
+    np.testing.assert_array_equal(params["embed"]["embedding"], base["embed"]["embedding"])
+  with pytest.raises(UserError, match=r"train.init_fresh: 'alpha' matches no parameter loaded "
+                                      r"from .*blocks/attn/beta.*fix --gin.train.init_fresh"):
+    train._continue_from(str(tmp_path), jax.random.key(0), fns, cfg, ("alpha",))
+
+
+@pytest.mark.parametrize("bindings, message", [
+    (["--gin.train.init_fresh=('beta',)"], "train.init_fresh=('beta',) needs train.init_from"),
+    (["--gin.train.init_fresh=('(beta',)", "--gin.train.init_from='/x'"],
+     "train.init_fresh: '(beta' is not a regex"),
+    (["--gin.train.init_fresh='beta'", "--gin.train.init_from='/x'"],
+     "train.init_fresh='beta' is a str; expected tuple"),
+])
+def test_init_fresh_is_checked_at_startup(tmp_path, bindings, message):
+  proc = run_train(tmp_path / "run", *bindings, check=False)
+  assert proc.returncode != 0 and message in proc.stderr, proc.stderr[-2000:]
+
+
 def test_gate_multiplier_moves_gates_when_weights_barely_move(tmp_path):
   import jax
   from flax import nnx

@@ -8,11 +8,12 @@ checkpoint and continues with the next unseen batch.
 
 import logging
 import os
+import re
 import threading
 
 import jax
 
-from infini_jax import checkpoint, distributed, paths
+from infini_jax import checkpoint, distributed, paths, trees
 from infini_jax.data import state as data_state
 from infini_jax.errors import UserError
 from infini_jax.evals import heldout
@@ -44,7 +45,7 @@ def train(config: RunConfig) -> dict:
     else:
       start, position = 0, 0
       if c.init_from:
-        state = _continue_from(c.init_from, jax.random.key(c.seed), fns, model)
+        state = _continue_from(c.init_from, jax.random.key(c.seed), fns, model, c.init_fresh)
       else:
         state = fns.init(jax.random.key(c.seed))
     pipeline = make_pipeline(data, "train", model.vocab_size, position)
@@ -147,13 +148,15 @@ def _stop_message(at_step: int, reason: str, ckpt: checkpoint.Checkpointer, on_d
           f"(OptimizerConfig.clip_norm) or check the data; {fix}")
 
 
-def _continue_from(init_from: str, key: jax.Array, fns: step.StepFns, model_cfg) -> dict:
+def _continue_from(init_from: str, key: jax.Array, fns: step.StepFns, model_cfg,
+                   fresh: tuple[str, ...] = ()) -> dict:
   """The train state at step 0 with the params of another run (or HF weights); the optimizer
   starts anew.
 
-  Parameters the other run lacks get their fresh initialisation from ``key``. Only they are
-  initialised, and no optimizer state exists until the new one is built: at the peak the devices
-  hold one set of params and one optimizer state.
+  Parameters the other run lacks, and those whose path matches a regex of ``fresh``
+  (``train.init_fresh``), get their fresh initialisation from ``key``. Only they are initialised,
+  and no optimizer state exists until the new one is built: at the peak the devices hold one set
+  of params and one optimizer state.
   """
   target = fns.abstract_state["params"]
   if init_from.startswith("hf:"):
@@ -166,6 +169,8 @@ def _continue_from(init_from: str, key: jax.Array, fns: step.StepFns, model_cfg)
       log.warning("init_from %s: %s parameters %s", init_from, what, ", ".join(report[what]))
   if report.get("missing"):
     log.warning("the missing parameters keep their fresh initialisation (per the model config)")
+  if fresh:
+    loaded = _drop_matching(loaded, fresh, init_from)
   shardings = fns.state_shardings
 
   def start(key, loaded):
@@ -176,6 +181,20 @@ def _continue_from(init_from: str, key: jax.Array, fns: step.StepFns, model_cfg)
   state = jax.jit(start, out_shardings={"params": shardings["params"], "step": shardings["step"]},
                   donate_argnums=1)(key, loaded)
   return {**state, "opt_state": fns.init_opt(state["params"])}
+
+
+def _drop_matching(loaded: dict, patterns: tuple[str, ...], init_from: str) -> dict:
+  """``loaded`` without the leaves whose '/'-joined path matches one of ``patterns``; a pattern
+  that matches no loaded parameter raises UserError naming it and the parameters."""
+  flat = {"/".join(k): (k, v) for k, v in trees.flatten(loaded).items()}
+  for pattern in patterns:
+    if not any(re.search(pattern, name) for name in flat):
+      raise UserError(f"train.init_fresh: {pattern!r} matches no parameter loaded from "
+                      f"{init_from}; they are {', '.join(sorted(flat))}; fix --gin.train.init_fresh")
+  dropped = sorted(n for n in flat if any(re.search(p, n) for p in patterns))
+  log.info("init_from %s: %s keep their fresh initialisation (train.init_fresh)", init_from,
+           ", ".join(dropped))
+  return trees.nest([kv for n, kv in flat.items() if n not in dropped])
 
 
 def _overlay(fresh: dict, loaded: dict) -> dict:
