@@ -192,7 +192,7 @@ def _drop_matching(loaded: dict, patterns: tuple[str, ...], init_from: str) -> d
       raise UserError(f"train.init_fresh: {pattern!r} matches no parameter loaded from "
                       f"{init_from}; they are {', '.join(sorted(flat))}; fix --gin.train.init_fresh")
   dropped = sorted(n for n in flat if any(re.search(p, n) for p in patterns))
-  log.info("init_from %s: %s keep their fresh initialisation (train.init_fresh)", init_from,
+  log.warning("init_from %s: %s keep their fresh initialisation (train.init_fresh)", init_from,
            ", ".join(dropped))
   return trees.nest([kv for n, kv in flat.items() if n not in dropped])
 
