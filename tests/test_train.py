@@ -91,12 +91,15 @@ def test_every_shipped_config_parses_and_builds_at_full_size():
     if name.startswith("continual/"):
       assert config.init_from.startswith("hf:/models/") and config.init_from == config.data.vocabulary
       assert (config.model.rope_scaling is None) == ("8b" in name), name
-    if name.endswith("_dilute.gin"):   # stage 2 continues its own stage 1's model
-      stage1 = name.replace("_dilute", "")
-      gin_flags.parse([os.path.join(ROOT, "configs", stage1)], [], [])
-      first = gin_flags.run_config()
-      assert config.init_from == first.model_dir + "/checkpoints", name
-      assert config.model == first.model and config.data.passkey_dilution > 1, name
+    # stage 2 continues its own stage 1's model, stage 3 (5-digit keys) its own stage 2's
+    for stage, before in (("_dilute.gin", ".gin"), ("_5digit.gin", "_dilute.gin")):
+      if name.endswith(stage):
+        gin_flags.parse([os.path.join(ROOT, "configs", name.replace(stage, before))], [], [])
+        first = gin_flags.run_config()
+        assert config.init_from == first.model_dir + "/checkpoints", name
+        assert config.model == first.model and config.data.passkey_dilution > 1, name
+    if name.endswith("_5digit.gin"):
+      assert config.data.passkey_digits == 5 and config.init_fresh == ("beta",), name
   gin.clear_config()
 
 
