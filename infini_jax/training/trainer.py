@@ -193,7 +193,7 @@ def _drop_matching(loaded: dict, patterns: tuple[str, ...], init_from: str) -> d
                       f"{init_from}; they are {', '.join(sorted(flat))}; fix --gin.train.init_fresh")
   dropped = sorted(n for n in flat if any(re.search(p, n) for p in patterns))
   log.warning("init_from %s: %s keep their fresh initialisation (train.init_fresh)", init_from,
-           ", ".join(dropped))
+              ", ".join(dropped))
   return trees.nest([kv for n, kv in flat.items() if n not in dropped])
 
 
