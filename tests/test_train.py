@@ -269,7 +269,6 @@ def test_continual_pretraining_holds_one_optimizer_state_at_the_peak(tmp_path):
 def test_init_fresh_restarts_the_named_parameters_and_loads_the_rest(tmp_path):
   """train.init_fresh=("beta",): the gates start at ModelConfig.gate_init again although the
   other run closed them; every other parameter is the other run's."""
-  import dataclasses
   import jax
   from flax import nnx
   from infini_jax import checkpoint, sharding
