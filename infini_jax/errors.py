@@ -16,6 +16,16 @@ class UserError(ValueError):
   """
 
 
+def check_regex(pattern, where: str, gin_key: str) -> None:
+  """Raises UserError unless ``pattern`` compiles; ``where`` names the setting in the message,
+  ``gin_key`` the binding to fix."""
+  try:
+    re.compile(pattern)
+  except (re.error, TypeError) as e:
+    raise UserError(f"{where}: {pattern!r} is not a regular expression ({e}) "
+                    f"(gin: {gin_key})") from None
+
+
 def one_line(error: BaseException) -> str:
   """The message of ``error`` as one line.
 

@@ -10,7 +10,6 @@ jitted step functions.
 
 import dataclasses
 import inspect
-import re
 import types
 import typing
 from typing import Any
@@ -20,7 +19,7 @@ import jax
 from infini_jax.training import divergence, optim, step
 from infini_jax import sharding
 from infini_jax.data.config import DataConfig
-from infini_jax.errors import UserError
+from infini_jax.errors import UserError, check_regex
 from infini_jax.inputs import SyntheticData
 from infini_jax.model import ModelConfig
 
@@ -84,11 +83,7 @@ class RunConfig:
       raise UserError(f"train.init_fresh={self.init_fresh!r} needs train.init_from (the run whose "
                       "other parameters are loaded); set it or remove train.init_fresh")
     for pattern in self.init_fresh:
-      try:
-        re.compile(pattern)
-      except (re.error, TypeError) as e:
-        raise UserError(f"train.init_fresh: {pattern!r} is not a regex ({e}); fix "
-                        "--gin.train.init_fresh") from None
+      check_regex(pattern, "train.init_fresh", "train.init_fresh")
     for data in (self.data, self.eval_data):
       if data is not None and data.segment_len != self.model.segment_len:
         raise UserError(f"data segment_len {data.segment_len} differs from the model's "

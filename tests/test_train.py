@@ -300,7 +300,7 @@ def test_init_fresh_restarts_the_named_parameters_and_loads_the_rest(tmp_path):
 @pytest.mark.parametrize("bindings, message", [
     (["--gin.train.init_fresh=('beta',)"], "train.init_fresh=('beta',) needs train.init_from"),
     (["--gin.train.init_fresh=('(beta',)", "--gin.train.init_from='/x'"],
-     "train.init_fresh: '(beta' is not a regex"),
+     "train.init_fresh: '(beta' is not a regular expression"),
     (["--gin.train.init_fresh='beta'", "--gin.train.init_from='/x'"],
      "train.init_fresh='beta' is a str; expected tuple"),
 ])

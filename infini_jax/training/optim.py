@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import optax
 
 from infini_jax import trees
-from infini_jax.errors import UserError
+from infini_jax.errors import UserError, check_regex
 
 log = logging.getLogger("infini_jax")
 
@@ -100,7 +100,7 @@ class OptimizerConfig:
            'must be a tuple of regexes, e.g. ("norm", "bias")')
     for key, pattern in [("gate_pattern", self.gate_pattern)] + [
         ("no_decay_patterns", p) for p in self.no_decay_patterns]:
-      _check_regex(key, pattern)
+      check_regex(pattern, f"optimizer.{key}", f"OptimizerConfig.{key}")
 
 
 def make_schedule(cfg: OptimizerConfig) -> optax.Schedule:
@@ -205,11 +205,3 @@ def _check_choice(key: str, value, allowed: tuple) -> None:
   if value not in allowed:
     raise UserError(f'optimizer.{key}="{value}" is not one of {", ".join(allowed)} '
                     f"(gin: OptimizerConfig.{key})")
-
-
-def _check_regex(key: str, pattern) -> None:
-  try:
-    re.compile(pattern)
-  except (re.error, TypeError) as e:
-    raise UserError(f"optimizer.{key}: {pattern!r} is not a regular expression ({e}) "
-                    f"(gin: OptimizerConfig.{key})") from None
