@@ -79,10 +79,11 @@ def test_every_shipped_config_parses_and_builds_at_full_size():
   shipped = sorted(glob.glob("*.gin", root_dir=os.path.join(ROOT, "configs"))
                    + glob.glob("continual/*.gin", root_dir=os.path.join(ROOT, "configs")))
   assert set(expected) <= set(shipped) and len(shipped) >= 8, shipped
+  configs = {}
   for name in shipped:
     want = expected.get(name)
     gin_flags.parse([os.path.join(ROOT, "configs", name)], [], [])
-    config = gin_flags.run_config()   # every shipped config builds and type-checks
+    config = configs[name] = gin_flags.run_config()   # every shipped config builds, type-checks
     graphdef, abstract = abstract_model(config.model)
     count = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract))
     assert config.data.seq_len % config.model.segment_len == 0, name
@@ -91,15 +92,18 @@ def test_every_shipped_config_parses_and_builds_at_full_size():
     if name.startswith("continual/"):
       assert config.init_from.startswith("hf:/models/") and config.init_from == config.data.vocabulary
       assert (config.model.rope_scaling is None) == ("8b" in name), name
-    # stage 2 continues its own stage 1's model, stage 3 (5-digit keys) its own stage 2's
-    for stage, before in (("_dilute.gin", ".gin"), ("_5digit.gin", "_dilute.gin")):
-      if name.endswith(stage):
-        gin_flags.parse([os.path.join(ROOT, "configs", name.replace(stage, before))], [], [])
-        first = gin_flags.run_config()
-        assert config.init_from == first.model_dir + "/checkpoints", name
-        assert config.model == first.model and config.data.passkey_dilution > 1, name
-    if name.endswith("_5digit.gin"):
-      assert config.data.passkey_digits == 5 and config.init_fresh == ("beta",), name
+    if name.endswith("_dilute.gin"):
+      assert config.data.passkey_dilution > 1 and config.data.passkey_natural_filler_rate > 0, name
+    if name.startswith("passkey_5digit"):
+      assert config.data.passkey_digits == 5, name
+  # A stage that continues a local run continues a shipped config's run of the same model.
+  stages = {name: c for name, c in configs.items() if c.init_from and ":" not in c.init_from}
+  assert {"passkey_tiny_dilute.gin", "passkey_5digit_continue.gin",
+          "passkey_5digit_dilute.gin"} <= set(stages), sorted(stages)
+  for name, config in stages.items():
+    before = [n for n, c in configs.items() if c.model_dir + "/checkpoints" == config.init_from]
+    assert len(before) == 1, f"{name}: train.init_from={config.init_from!r} is no shipped run"
+    assert configs[before[0]].model == config.model, (name, before[0])
   gin.clear_config()
 
 
