@@ -26,6 +26,21 @@ def check_regex(pattern, where: str, gin_key: str) -> None:
                     f"(gin: {gin_key})") from None
 
 
+def check_matches(pattern: str, names: list[str], key: str, among: str, fix: str) -> None:
+  """Raises UserError when the regex ``pattern`` matches none of ``names`` (parameter paths).
+
+  The message names the setting ``key``, which parameters were searched (``among``, e.g. "of the
+  model"), the first ``SHOWN_NAMES`` of ``names``, and ``fix``.
+  """
+  if not any(re.search(pattern, name) for name in names):
+    shown = ", ".join(names[:SHOWN_NAMES]) + (
+        f", ... ({len(names)} in all)" if len(names) > SHOWN_NAMES else "")
+    raise UserError(f"{key}: {pattern!r} matches no parameter {among}; they are {shown}; {fix}")
+
+
+SHOWN_NAMES = 16   # parameter names an error lists (every one of our models' at most 16)
+
+
 def one_line(error: BaseException) -> str:
   """The message of ``error`` as one line.
 

@@ -15,7 +15,7 @@ import pytest
 
 from infini_jax.commands import entry, gin_flags
 from infini_jax.evals import restore
-from infini_jax.errors import UserError, one_line
+from infini_jax.errors import UserError, check_matches, one_line
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE = os.path.join(ROOT, "tests", "configs", "smoke.gin")
@@ -133,6 +133,18 @@ def _parse(*flags, files=(SMOKE,)):
   bindings = [(f, f[len("--gin."):].replace("=", " = ", 1)) for f in flags]
   gin_flags.parse(list(files), [], bindings)
   return gin_flags.run_config()
+
+
+def test_a_pattern_that_matches_no_parameter_lists_the_first_ones():
+  names = [f"blocks_{i}/w" for i in range(20)]
+  check_matches(r"_1\d/", names, "k", "of the model", "fix k")   # blocks_10/w: no error
+  with pytest.raises(UserError) as error:
+    check_matches("beta", names, "optimizer.gate_pattern", "of the model", "correct it")
+  assert str(error.value) == (
+      "optimizer.gate_pattern: 'beta' matches no parameter of the model; they are "
+      + ", ".join(names[:16]) + ", ... (20 in all); correct it")
+  with pytest.raises(UserError, match=r"they are a, b; fix$"):
+    check_matches("c", ["a", "b"], "k", "loaded from x", "fix")
 
 
 @pytest.mark.parametrize("flag, message", [

@@ -134,8 +134,8 @@ def test_a_pattern_that_matches_nothing_is_an_error(key, value, pattern):
   with pytest.raises(ValueError) as error:
     optim.make_optimizer(optim.OptimizerConfig(**{key: value}), model_params())
   message = str(error.value)
-  assert f"optimizer.{key}: {pattern} matches no parameter" in message
-  assert "the model's are blocks/attn/beta, blocks/attn/w_k, " in message and "unembed" in message
+  assert f"optimizer.{key}: {pattern} matches no parameter of the model" in message
+  assert "they are blocks/attn/beta, blocks/attn/w_k, " in message and "unembed" in message
   assert f"(gin: OptimizerConfig.{key})" in message
 
 

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import optax
 
 from infini_jax import trees
-from infini_jax.errors import UserError, check_regex
+from infini_jax.errors import UserError, check_matches, check_regex
 
 log = logging.getLogger("infini_jax")
 
@@ -34,7 +34,6 @@ SCHEDULES = ("cosine", "linear", "rsqrt", "constant")
 # qkv_bias, gates only with memory="infini"), so only patterns the user sets must match something.
 DEFAULT_GATE_PATTERN = "beta"
 DEFAULT_NO_DECAY_PATTERNS = ("norm", "scale", r"/b_\w+$", "beta")   # norms, biases, gates
-_SHOWN = 16   # parameter names an error lists (every one of our models' at most 16)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,7 +167,7 @@ def decay_mask(params, patterns):
 
 
 def check_patterns(cfg: OptimizerConfig, params) -> None:
-  """Raises ValueError when ``gate_pattern`` or a ``no_decay_patterns`` entry set by the user
+  """Raises UserError when ``gate_pattern`` or a ``no_decay_patterns`` entry set by the user
   matches no leaf of ``params`` (a pytree, abstract or not), naming the pattern, the parameters
   and the gin key; then logs which leaves are gates and which get no weight decay."""
   names = [trees.path_name(path) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
@@ -177,11 +176,9 @@ def check_patterns(cfg: OptimizerConfig, params) -> None:
       ("no_decay_patterns", p, DEFAULT_NO_DECAY_PATTERNS, "correct or remove it")
       for p in cfg.no_decay_patterns]
   for key, pattern, defaults, fix in checked:
-    if pattern not in defaults and not matches(pattern):
-      shown = ", ".join(names[:_SHOWN]) + (f", ... ({len(names)} in all)"
-                                           if len(names) > _SHOWN else "")
-      raise ValueError(f"optimizer.{key}: {pattern!r} matches no parameter; the model's are "
-                       f"{shown}; {fix} (gin: OptimizerConfig.{key})")
+    if pattern not in defaults:
+      check_matches(pattern, names, f"optimizer.{key}", "of the model",
+                    f"{fix} (gin: OptimizerConfig.{key})")
   gate_names = matches(cfg.gate_pattern)
   exempt = [n for n, d in zip(names, jax.tree.leaves(decay_mask(params, cfg.no_decay_patterns)))
             if not d]

@@ -15,7 +15,7 @@ import jax
 
 from infini_jax import checkpoint, distributed, paths, trees
 from infini_jax.data import state as data_state
-from infini_jax.errors import UserError
+from infini_jax.errors import UserError, check_matches
 from infini_jax.evals import heldout
 from infini_jax.inputs import make_pipeline
 from infini_jax.run import RunConfig, build_run
@@ -188,9 +188,8 @@ def _drop_matching(loaded: dict, patterns: tuple[str, ...], init_from: str) -> d
   that matches no loaded parameter raises UserError naming it and the parameters."""
   flat = {"/".join(k): (k, v) for k, v in trees.flatten(loaded).items()}
   for pattern in patterns:
-    if not any(re.search(pattern, name) for name in flat):
-      raise UserError(f"train.init_fresh: {pattern!r} matches no parameter loaded from "
-                      f"{init_from}; they are {', '.join(sorted(flat))}; fix --gin.train.init_fresh")
+    check_matches(pattern, sorted(flat), "train.init_fresh", f"loaded from {init_from}",
+                  "fix --gin.train.init_fresh")
   dropped = sorted(n for n in flat if any(re.search(p, n) for p in patterns))
   log.warning("init_from %s: %s keep their fresh initialisation (train.init_fresh)", init_from,
               ", ".join(dropped))
