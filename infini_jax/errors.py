@@ -26,6 +26,9 @@ def check_regex(pattern, where: str, gin_key: str) -> None:
                     f"(gin: {gin_key})") from None
 
 
+SHOWN_NAMES = 16   # parameter names an error lists (every one of our models' at most 16)
+
+
 def check_matches(pattern: str, names: list[str], key: str, among: str, fix: str) -> None:
   """Raises UserError when the regex ``pattern`` matches none of ``names`` (parameter paths).
 
@@ -36,9 +39,6 @@ def check_matches(pattern: str, names: list[str], key: str, among: str, fix: str
     shown = ", ".join(names[:SHOWN_NAMES]) + (
         f", ... ({len(names)} in all)" if len(names) > SHOWN_NAMES else "")
     raise UserError(f"{key}: {pattern!r} matches no parameter {among}; they are {shown}; {fix}")
-
-
-SHOWN_NAMES = 16   # parameter names an error lists (every one of our models' at most 16)
 
 
 def one_line(error: BaseException) -> str:
