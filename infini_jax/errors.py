@@ -26,7 +26,7 @@ def check_regex(pattern, where: str, gin_key: str) -> None:
                     f"(gin: {gin_key})") from None
 
 
-SHOWN_NAMES = 16   # parameter names an error lists (every one of our models' at most 16)
+SHOWN_NAMES = 16   # parameter names an error lists; more are counted, not listed
 
 
 def check_matches(pattern: str, names: list[str], key: str, among: str, fix: str) -> None:
