@@ -111,3 +111,36 @@ def test_bench_train_imports_without_gin_or_data():
           "assert m.PRESETS['1b']['model'].vocab_size == 128256\n")
   out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
   assert out.returncode == 0, out.stderr
+
+
+def test_bench_matmul_counts_the_peer_step(tmp_path, capsys):
+  """The inventory is the peer preset's step: its projections' FLOPs are 6 x (matmul weights) per
+  token, each timed product has the FLOPs of its contraction, and the JSON sums them."""
+  matmul, train = script_modules.load("bench_matmul"), script_modules.load("bench_train")
+  preset = train.PRESETS["peer"]
+  cfg = preset["model"]
+  assert (matmul.D_MODEL, matmul.MLP, matmul.LAYERS, matmul.VOCAB, matmul.SEGMENT) == (
+      cfg.d_model, cfg.mlp_dim, cfg.num_layers, cfg.vocab_size, cfg.segment_len)
+  assert matmul.ROWS == preset["batch"] * cfg.segment_len
+  assert matmul.SEGMENTS * cfg.segment_len == preset["seq_len"]
+  assert matmul.BATCH_HEADS == preset["batch"] * cfg.num_heads and matmul.HEAD_DIM == cfg.head_dim
+  d, f = cfg.d_model, cfg.mlp_dim
+  weights = cfg.num_layers * (4 * d * d + 3 * d * f) + d * cfg.vocab_size   # q k v o, GLU, logits
+  tokens = preset["batch"] * preset["seq_len"]
+  products = matmul.products()
+  projections = sum(flops * uses for name, _, flops, uses, _, _ in products
+                    if name not in ("attention", "memory"))
+  assert projections == 6 * weights * tokens
+
+  _, make = matmul.timer_jax()
+  for name, kind, flops, _, shapes, contract in products:
+    out = make(shapes, contract)()
+    contracted = shapes[0][contract[0]]
+    assert contracted == shapes[1][contract[1]], (name, kind)
+    assert 2 * out.size * contracted == flops, (name, kind, out.shape)
+
+  rows = matmul.main(["--reps=1", f"--json={tmp_path / 'm.json'}"])
+  saved = json.loads((tmp_path / "m.json").read_text())
+  assert len(rows) == len(products) and all(r["flops_per_s"] > 0 for r in rows)
+  assert saved["step_matmul_flops"] == sum(flops * uses for _, _, flops, uses, _, _ in products)
+  assert "the step's matmuls:" in capsys.readouterr().out
