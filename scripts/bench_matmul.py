@@ -7,10 +7,10 @@
 are smaller: per segment, ``batch x segment = 512`` rows through projections of d_model 512 (q, k,
 v, o: 512 -> 512; the GLU MLP: 512 -> 1365 twice and 1365 -> 512; the logits 512 -> 256), each run
 three ways (forward ``x W``, the input gradient ``dy W^T``, the weight gradient ``x^T dy``), and
-the local attention's batched ``[256, 64] x [64, 256]`` and ``[256, 256] x [256, 64]`` products over 2 x 8 heads (the
-whole square, as the peer computes it), and the memory's ``[256, 64] x [64, 64]``. This
-script times each product alone (best of ``--reps``, operands made before the clock) and prints its
-GFLOP/s and, weighted by how often the step runs it, the time the step's matmuls need at these
+the local attention's batched ``[256, 64] x [64, 256]`` and ``[256, 256] x [256, 64]`` products
+over 2 x 8 heads (the whole square, as the peer computes it), and the memory's ``[256, 64] x
+[64, 64]``. This script times each product alone (best of ``--reps``, operands made before the
+clock) and prints its GFLOP/s and, weighted by how often the step runs it, the time the step's matmuls need at these
 kernels' rates: the least time a step can take in this framework on this machine, whatever its
 layout. The same shapes in torch give the peer's figure.
 
