@@ -1,16 +1,16 @@
 """The matmul kernels' own rate on the shapes of the peer preset's train step, in jax or in torch.
 
-    .venv/bin/python scripts/bench_matmul.py [--json out.json]                 # jax (XLA's CPU kernels)
+    .venv/bin/python scripts/bench_matmul.py [--json out.json]                  # jax (XLA)
     /tmp/peer/bin/python scripts/bench_matmul.py --framework torch [--json ...] # torch (oneDNN)
 
 ``bench_train.py --preset peer`` compares the step with a 2048 x 2048 matmul. The step's products
 are smaller: per segment, ``batch x segment = 512`` rows through projections of d_model 512 (q, k,
 v, o: 512 -> 512; the GLU MLP: 512 -> 1365 twice and 1365 -> 512; the logits 512 -> 256), each run
-three ways (forward ``x W``, the input gradient ``dy W^T``, the weight gradient ``x^T dy``), and
-the local attention's batched ``[256, 64] x [64, 256]`` and ``[256, 256] x [256, 64]`` products
-over 2 x 8 heads (the whole square, as the peer computes it), and the memory's ``[256, 64] x
-[64, 64]``. This script times each product alone (best of ``--reps``, operands made before the
-clock) and prints its GFLOP/s and, weighted by how often the step runs it, the time the step's matmuls need at these
+three ways (forward ``x W``, the input gradient ``dy W^T``, the weight gradient ``x^T dy``), and the
+local attention's batched ``[256, 64] x [64, 256]`` and ``[256, 256] x [256, 64]`` products over 2 x
+8 heads (the whole square, as the peer computes it), and the memory's ``[256, 64] x [64, 64]``. This
+script times each product alone (best of ``--reps``, operands made before the clock) and prints its
+GFLOP/s and, weighted by how often the step runs it, the time the step's matmuls need at these
 kernels' rates: the least time a step can take in this framework on this machine, whatever its
 layout. The same shapes in torch give the peer's figure.
 
@@ -109,7 +109,8 @@ def main(argv=None):
   square = best_seconds(make(((2048, 2048), (2048, 2048)), (1, 0)), max(3, args.reps // 4))
   square_rate = 2 * 2048 ** 3 / square
   print(f"{label}: 2048 x 2048 matmul {square_rate / 1e9:.1f} GFLOP/s")
-  print(f"{'product':>18} {'kind':>26} {'GFLOP/s':>8} {'of 2048^2':>9} {'uses':>5} {'ms a step':>9}")
+  print(f"{'product':>18} {'kind':>26} {'GFLOP/s':>8} {'of 2048^2':>9} {'uses':>5} "
+        f"{'ms a step':>9}")
   rows, total_s, total_flops = [], 0.0, 0
   for name, kind, flops, uses, shapes, contract in products():
     s = best_seconds(make(shapes, contract), args.reps)
