@@ -228,10 +228,8 @@ def print_table(rows, header: bool = False):
 
 
 def plot(rows, path: str):
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  fig, axes = plt.subplots(2, 2, figsize=(11, 8), sharex=True)
+  from infini_jax import plots
+  fig, axes = plots.pyplot().subplots(2, 2, figsize=(11, 8), sharex=True)
   for col, mode in enumerate(MODES):
     for model in MODELS:
       ok = [r for r in rows if r["mode"] == mode and r["model"] == model and r["status"] == "ok"]
@@ -248,8 +246,7 @@ def plot(rows, path: str):
       ax.grid(True, which="both", alpha=0.3)
       ax.legend()
     axes[1, col].set_xlabel("sequence length (tokens)")
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  plots.save(fig, path, dpi=100)
 
 
 def main(argv=None):

@@ -23,7 +23,7 @@ from flax import nnx
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from infini_jax import checkpoint, paths  # noqa: E402
+from infini_jax import checkpoint, paths, plots  # noqa: E402
 from infini_jax.commands import entry, gin_flags, runs  # noqa: E402
 from infini_jax.training import events, step  # noqa: E402
 
@@ -55,34 +55,15 @@ def read_gate_history(logdir: str, layers: int, heads: int) -> dict:
 
 
 def plot_heat_map(gates: np.ndarray, path: str, title: str) -> None:
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  layers, heads = gates.shape
-  fig, ax = plt.subplots(figsize=(1.5 + 0.55 * heads, 1.2 + 0.45 * layers))
-  image = ax.imshow(gates, cmap="coolwarm", vmin=0, vmax=1, aspect="auto")
-  ax.set_xticks(range(heads))
-  ax.set_yticks(range(layers))
-  ax.set_xlabel("head")
-  ax.set_ylabel("layer")
-  if gates.size <= 256:
-    for (i, j), value in np.ndenumerate(gates):
-      ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7)
-  fig.colorbar(image, ax=ax, label="sigmoid(beta): 0 local, 1 memory")
-  ax.set_title(title, fontsize=9)
-  fig.tight_layout()
-  with paths.open(path, "wb") as f:
-    fig.savefig(f, format="png", dpi=120)
-  plt.close(fig)
+  plots.heat_map(gates, path, title, xticks=range(gates.shape[1]), yticks=range(gates.shape[0]),
+                 xlabel="head", ylabel="layer", colorbar="sigmoid(beta): 0 local, 1 memory",
+                 cmap="coolwarm", vmax=1, fmt=".2f")
 
 
 def plot_history(history: dict, path: str, title: str) -> None:
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
   layers = sorted({layer for layer, _ in history})
-  fig, axes = plt.subplots(len(layers), 1, figsize=(7, 1.2 + 1.8 * len(layers)), sharex=True,
-                           squeeze=False)
+  fig, axes = plots.pyplot().subplots(len(layers), 1, figsize=(7, 1.2 + 1.8 * len(layers)),
+                                      sharex=True, squeeze=False)
   for ax, layer in zip(axes[:, 0], layers):
     for (l, head), (steps, values) in sorted(history.items()):
       if l == layer:
@@ -93,10 +74,7 @@ def plot_history(history: dict, path: str, title: str) -> None:
   axes[0, 0].set_title(title, fontsize=9)
   axes[0, 0].legend(fontsize=6, ncol=4, loc="upper left")
   axes[-1, 0].set_xlabel("step")
-  fig.tight_layout()
-  with paths.open(path, "wb") as f:
-    fig.savefig(f, format="png", dpi=120)
-  plt.close(fig)
+  plots.save(fig, path)
 
 
 def main(argv=None) -> dict:

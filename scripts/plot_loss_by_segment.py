@@ -22,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from infini_jax import paths  # noqa: E402
+from infini_jax import paths, plots  # noqa: E402
 from infini_jax.commands import entry  # noqa: E402
 from infini_jax.evals import ppl_report  # noqa: E402
 
@@ -43,10 +43,7 @@ def read_lines(files) -> tuple[dict, list]:
 
 
 def plot(shared: dict, lines: list, path: str, train_segments: int | None) -> None:
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  fig, ax = plt.subplots(figsize=(8, 4.5))
+  fig, ax = plots.pyplot().subplots(figsize=(8, 4.5))
   for i, (label, bits, knocked) in enumerate(lines):
     color = f"C{i % 10}"
     segments = np.arange(1, len(bits) + 1)
@@ -62,10 +59,7 @@ def plot(shared: dict, lines: list, path: str, train_segments: int | None) -> No
   ax.set_ylabel(shared["unit"])
   ax.set_title(f"held-out loss by segment ({shared['task']} validation)", fontsize=9)
   ax.legend(fontsize=7)
-  fig.tight_layout()
-  with paths.open(path, "wb") as f:
-    fig.savefig(f, format="png", dpi=120)
-  plt.close(fig)
+  plots.save(fig, path)
 
 
 def main(argv=None) -> dict:

@@ -11,7 +11,7 @@ import time
 
 import numpy as np
 
-from infini_jax import paths
+from infini_jax import plots
 from infini_jax.data import passkey
 from infini_jax.evals import streaming
 
@@ -115,22 +115,8 @@ def table(result: dict, segment_len: int, knockout: dict | None = None) -> str:
 
 def heat_map(result: dict, segment_len: int, path: str, title: str) -> None:
   """A length x depth heat map of the accuracy, as in needle-in-a-haystack plots."""
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  accuracy = np.asarray(result["accuracy"]) * 100
-  fig, ax = plt.subplots(figsize=(1.6 + 1.1 * accuracy.shape[1], 1.4 + 0.5 * accuracy.shape[0]))
-  image = ax.imshow(accuracy, cmap="RdYlGn", vmin=0, vmax=100, aspect="auto")
-  ax.set_xticks(range(len(result["depths"])), result["depths"])
-  ax.set_yticks(range(len(result["lengths"])),
-                [f"{_length_label(l)} ({-(-l // segment_len)} seg)" for l in result["lengths"]])
-  ax.set_xlabel("depth of the key")
-  ax.set_ylabel("prompt length")
-  for (i, j), value in np.ndenumerate(accuracy):
-    ax.text(j, i, f"{value:.0f}", ha="center", va="center", fontsize=9)
-  fig.colorbar(image, ax=ax, label="accuracy (%)")
-  ax.set_title(title, fontsize=9)
-  fig.tight_layout()
-  with paths.open(path, "wb") as f:
-    fig.savefig(f, format="png", dpi=120)
-  plt.close(fig)
+  plots.heat_map(np.asarray(result["accuracy"]) * 100, path, title, xticks=result["depths"],
+                 yticks=[f"{_length_label(l)} ({-(-l // segment_len)} seg)"
+                         for l in result["lengths"]],
+                 xlabel="depth of the key", ylabel="prompt length", colorbar="accuracy (%)",
+                 cmap="RdYlGn", vmax=100, fmt=".0f", cell=(1.1, 0.5), fontsize=9)

@@ -19,7 +19,7 @@ import re
 import shlex
 import socket
 
-from infini_jax import paths
+from infini_jax import paths, plots
 from infini_jax.training import events
 
 STANDARD = ("name", "status", "steps", "train_loss", "eval_loss", "best_eval_loss", "tokens_per_s")
@@ -202,11 +202,8 @@ def loss_curves(run_dir: str) -> dict:
 
 
 def plot(curves: dict, path: str) -> None:
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
   tags = [t for t in ("train/loss", "eval/eval_loss") if any(t in c for c in curves.values())]
-  fig, axes = plt.subplots(1, max(len(tags), 1), figsize=(6.5 * max(len(tags), 1), 4.5),
+  fig, axes = plots.pyplot().subplots(1, max(len(tags), 1), figsize=(6.5 * max(len(tags), 1), 4.5),
                            squeeze=False)
   for ax, tag in zip(axes[0], tags):
     for name, c in curves.items():
@@ -218,7 +215,4 @@ def plot(curves: dict, path: str) -> None:
     ax.grid(alpha=0.3)
   if tags:
     axes[0][-1].legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1))
-  fig.tight_layout()
-  with paths.open(path, "wb") as f:
-    fig.savefig(f, format="png", dpi=100)
-  plt.close(fig)
+  plots.save(fig, path, dpi=100)
