@@ -32,8 +32,9 @@ FLAGS = ("checkpoint", "logdir", "out")
 
 def restore_gates(model_cfg, directory: str) -> tuple[np.ndarray, int]:
   """sigmoid(beta) ``[layers, heads]`` of a checkpoint (only beta is read) and its step."""
-  if model_cfg.memory == "none":
-    raise gin_flags.ConfigError('the model has memory="none": it has no gates')
+  if model_cfg.memory != "infini":
+    raise gin_flags.ConfigError(f'the model has memory="{model_cfg.memory}": it has no gates '
+                                '(only memory="infini" gates its memory)')
   _, abstract = step.abstract_model(model_cfg)
   beta = nnx.to_pure_dict(abstract)["blocks"]["attn"]["beta"]
   target = {"blocks": {"attn": {"beta": jax.ShapeDtypeStruct(beta.shape, beta.dtype)}}}

@@ -47,6 +47,7 @@ def test_heat_map_and_curves_from_a_run(tmp_path):
     assert (tmp_path / name).read_bytes()[:8] == PNG
 
 
-def test_a_model_without_memory_has_no_gates(tmp_path):
-  with pytest.raises(gin_flags.ConfigError, match='memory="none": it has no gates'):
-    plot_gates.main(GIN + ["--gin.ModelConfig.memory='none'", f"--checkpoint={tmp_path}"])
+@pytest.mark.parametrize("memory", ["none", "xl"])
+def test_a_model_without_an_infini_memory_has_no_gates(tmp_path, memory):
+  with pytest.raises(gin_flags.ConfigError, match=f'memory="{memory}": it has no gates'):
+    plot_gates.main(GIN + [f"--gin.ModelConfig.memory='{memory}'", f"--checkpoint={tmp_path}"])
