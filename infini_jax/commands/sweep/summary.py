@@ -203,8 +203,8 @@ def loss_curves(run_dir: str) -> dict:
 
 def plot(curves: dict, path: str) -> None:
   tags = [t for t in ("train/loss", "eval/eval_loss") if any(t in c for c in curves.values())]
-  fig, axes = plots.pyplot().subplots(1, max(len(tags), 1), figsize=(6.5 * max(len(tags), 1), 4.5),
-                           squeeze=False)
+  columns = max(len(tags), 1)
+  fig, axes = plots.pyplot().subplots(1, columns, figsize=(6.5 * columns, 4.5), squeeze=False)
   for ax, tag in zip(axes[0], tags):
     for name, c in curves.items():
       if c.get(tag):
