@@ -9,10 +9,13 @@ Each cell is the bucket's bits (per byte for the byte vocabulary, else per token
 the files holds the ``memory="none"`` model of the windows' segment length, the change against it
 in brackets. So models evaluated in separate ``eval_ppl`` runs compare in one table, provided
 they read the same windows: the files must share the task, unit, segments and segment length, and
-every model's token count per segment must agree (else the table is refused).
+every model's token count per segment must agree (else the table is refused). ``--by_offset``:
+a column per bucket of offsets within the segment over segments 2+
+(``evals.ppl_report.OFFSETS``) instead.
 
 Own flags (the rest are the ppl.json files):
-  --out=PATH    also write the table there
+  --out=PATH      also write the table there
+  --by_offset     columns by offset within the segment (segments 2+)
 """
 
 import argparse
@@ -28,7 +31,6 @@ from infini_jax.commands import entry  # noqa: E402
 from infini_jax.errors import UserError  # noqa: E402
 from infini_jax.evals import ppl_report  # noqa: E402
 
-COLUMNS = [name for name, _, _ in ppl_report.BUCKETS] + ["all"]
 
 
 def run_name(checkpoint: str) -> str:
@@ -37,9 +39,10 @@ def run_name(checkpoint: str) -> str:
   return parts[-2] if parts[-1] == "checkpoints" and len(parts) > 1 else parts[-1]
 
 
-def rows(files) -> tuple[dict, list, str | None]:
+def rows(files, unit: str = "segment") -> tuple[dict, list, str | None]:
   """(the files' shared {task, unit, segments, segment_len}, [(label, {bucket: bits or None},
-  {bucket: change against none or None} or None)], the baseline's label or None)."""
+  {bucket: change against none or None} or None)], the baseline's label or None); the buckets
+  are ``ppl_report.BUCKETS``, or with ``unit="offset"`` ``ppl_report.OFFSETS``."""
   shared, models = ppl_report.read_reports(files, ("task", "unit", "segments", "segment_len"))
   first = models[0]
   for model in models[1:]:
@@ -54,9 +57,9 @@ def rows(files) -> tuple[dict, list, str | None]:
   labels = [model["checkpoint"] if labels.count(label) > 1 else label
             for label, model in zip(labels, models)]
 
+  spans = ppl_report.OFFSETS if unit == "offset" else ppl_report.BUCKETS
   def buckets(result):
-    return ppl_report.buckets(np.asarray(result["nll_per_segment"], np.float64),
-                              np.asarray(result["tokens_per_segment"], np.float64))
+    return ppl_report.buckets(*ppl_report.sums_per(result, unit), spans)
 
   base_buckets = None if base is None else buckets(base)
   out = []
@@ -73,17 +76,19 @@ def rows(files) -> tuple[dict, list, str | None]:
   return shared, out, None if base is None else labels[0]
 
 
-def markdown(shared: dict, table_rows: list, baseline: str | None) -> str:
+def markdown(shared: dict, table_rows: list, baseline: str | None, unit: str = "segment") -> str:
   """The rows as a Markdown table, with a line that says the unit and the baseline."""
+  columns = list(table_rows[0][1])   # the buckets, then "all"
   lines = [f"{shared['unit']} on {shared['task']} validation, {shared['segments']} segments of "
-           f"{shared['segment_len']}" + (f"; in brackets the change against {baseline}"
-                                         if baseline else "; no memory=\"none\" baseline given"),
+           f"{shared['segment_len']}" + (", segments 2+ by offset" if unit == "offset" else "")
+           + (f"; in brackets the change against {baseline}"
+              if baseline else "; no memory=\"none\" baseline given"),
            "",
-           "| model | " + " | ".join(c if c == "all" else f"segment {c}" for c in COLUMNS) + " |",
-           "|---|" + "---|" * len(COLUMNS)]
+           "| model | " + " | ".join(c if c == "all" else f"{unit} {c}" for c in columns) + " |",
+           "|---|" + "---|" * len(columns)]
   for label, bits, change in table_rows:
     cells = []
-    for column in COLUMNS:
+    for column in columns:
       if bits[column] is None:
         cells.append("-")
       elif change is None or change[column] is None:
@@ -98,9 +103,12 @@ def main(argv=None) -> dict:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("files", nargs="+", help="ppl.json files of eval_ppl")
   parser.add_argument("--out", help="also write the table to this file")
+  parser.add_argument("--by_offset", action="store_true",
+                      help="columns by offset within the segment (segments 2+)")
   args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-  shared, table_rows, baseline = rows(args.files)
-  text = markdown(shared, table_rows, baseline)
+  unit = "offset" if args.by_offset else "segment"
+  shared, table_rows, baseline = rows(args.files, unit)
+  text = markdown(shared, table_rows, baseline, unit)
   print(text, flush=True)
   if args.out:
     paths.makedirs(os.path.dirname(args.out) or ".")

@@ -43,26 +43,52 @@ def test_buckets_sum_the_right_segments():
   assert ppl_report.buckets(nll[:4], weight[:4])["5-16"] is None
 
 
-def result(name, memory, nats_per_token, knocked=None, segment_len=SEG):
+def test_sums_by_segment_and_by_offset_written_out():
+  sums = np.arange(12.0)                # a window of 3 segments of 4 positions
+  np.testing.assert_array_equal(ppl.by_segment(sums, 4), [0 + 1 + 2 + 3, 4 + 5 + 6 + 7, 38])
+  np.testing.assert_array_equal(ppl.by_offset(sums, 4), [4 + 8, 5 + 9, 6 + 10, 7 + 11])
+
+
+def test_offset_buckets_sum_the_right_offsets():
+  nll = np.arange(1.0, 129.0)           # offset k (1-based) has loss k per token
+  weight = np.full(128, 3.0)
+  got = ppl_report.buckets(nll * weight, weight, ppl_report.OFFSETS)
+  assert got["1-4"]["loss"] == 2.5 and got["5-16"]["loss"] == 10.5
+  assert got["17-64"]["loss"] == 40.5 and got["65+"]["loss"] == 96.5
+  assert got["65+"]["tokens"] == 64 * 3.0 and got["all"]["loss"] == 64.5
+  assert ppl_report.buckets(nll[:16], weight[:16], ppl_report.OFFSETS)["17-64"] is None
+
+
+def result(name, memory, nats_per_token, knocked=None, segment_len=SEG, offset_nats=None):
   tokens = np.full(20, 100.0)
-  def sums(nats):
+  offset_tokens = np.full(SEG, 19 * 100.0 / SEG)
+  def sums(nats, offset_nats):
+    if offset_nats is None:
+      offset_nats = np.full(SEG, np.mean(nats[1:]))
     return dict(nll_per_segment=(nats * tokens).tolist(), tokens_per_segment=tokens.tolist(),
-                buckets=ppl_report.buckets(nats * tokens, tokens))
-  return dict(name=name, memory=memory, segment_len=segment_len, **sums(nats_per_token),
-              knocked_out=None if knocked is None else sums(knocked))
+                buckets=ppl_report.buckets(nats * tokens, tokens),
+                nll_per_offset=(offset_nats * offset_tokens).tolist(),
+                tokens_per_offset=offset_tokens.tolist(),
+                offset_buckets=ppl_report.buckets(offset_nats * offset_tokens, offset_tokens,
+                                                  ppl_report.OFFSETS))
+  return dict(name=name, memory=memory, segment_len=segment_len,
+              **sums(nats_per_token, offset_nats),
+              knocked_out=None if knocked is None else sums(knocked, None))
 
 
 def test_bits_per_byte_by_hand_and_the_change_against_none():
   ln2 = math.log(2)
   # Segment s: infini 1.5 bits per byte on segment 1, 1.2 later; none 1.6 everywhere.
-  infini = result("infini", "infini", np.r_[1.5, [1.2] * 19] * ln2, knocked=np.full(20, 1.7 * ln2))
+  # By offset within segments 2+: infini 2.0 bits on offsets 1-4, 1.0 later.
+  infini = result("infini", "infini", np.r_[1.5, [1.2] * 19] * ln2, knocked=np.full(20, 1.7 * ln2),
+                  offset_nats=np.r_[[2.0] * 4, [1.0] * (SEG - 4)] * ln2)
   none = result("none", "none", np.full(20, 1.6 * ln2))
   full = result("full", "none", np.full(20, 1.0 * ln2), segment_len=20 * SEG)
   b = infini["buckets"]
   assert math.isclose(b["1"]["bits"], 1.5) and math.isclose(b["5-16"]["bits"], 1.2)
   assert math.isclose(b["all"]["bits"], (1.5 + 19 * 1.2) / 20)      # 1.215 bits per byte
   assert math.isclose(infini["knocked_out"]["buckets"]["17+"]["bits"], 1.7)
-  np.testing.assert_allclose(ppl_report.bits_per_segment(infini), [1.5] + [1.2] * 19)
+  np.testing.assert_allclose(ppl_report.bits_per(infini), [1.5] + [1.2] * 19)
   assert ppl_report.none_baseline([infini, full, none], SEG) is none   # not full attention
   change = ppl_report.relative_change(infini["buckets"], none["buckets"])
   assert math.isclose(change["1"], 1.5 / 1.6 - 1) and math.isclose(change["5-16"], -0.25)
@@ -74,6 +100,15 @@ def test_bits_per_byte_by_hand_and_the_change_against_none():
   assert header.split()[2:] == ["infini", "infini", "ko", "infini", "vs", "none", "none"]
   assert row1.split() == ["1", "100", "1.5000", "1.7000", "-6.25%", "1.6000"]
   assert row5.split() == ["5-16", "1200", "1.2000", "1.7000", "-25.00%", "1.6000"]
+  np.testing.assert_allclose(ppl_report.bits_per(infini, "offset"), [2.0] * 4 + [1.0] * (SEG - 4))
+  assert math.isclose(infini["offset_vs_none"]["1-4"], 2.0 / 1.6 - 1)
+  assert math.isclose(infini["offset_vs_none"]["17-64"], 1.0 / 1.6 - 1)
+  by_offset = ppl_report.table([infini, none], SEG, "bits per byte", ppl_report.BY_OFFSET)
+  lines = by_offset.splitlines()
+  assert lines[1].split()[:2] == ["offsets", "tokens"]
+  assert lines[2].split() == ["1-4", "119", "2.0000", "1.7000", "+25.00%", "1.6000"]
+  assert lines[4].split() == ["17-64", "1425", "1.0000", "1.7000", "-37.50%", "1.6000"]
+  assert [line.split()[0] for line in lines[2:]] == ["1-4", "5-16", "17-64", "all"]   # no 65+
   assert ppl_report.bits_unit("sentencepiece:/m.model") == "bits per token"
   ppl_report.add_vs_none([infini, full], SEG)
   assert infini["vs_none"] is None and full["vs_none"] is None
@@ -104,6 +139,11 @@ def test_entry_point_compares_with_the_baseline(tmp_path, capsys):
     assert np.isfinite(model["buckets"]["all"]["ppl"])
     everything = model["buckets"]["all"]
     assert math.isclose(everything["bits"], everything["loss"] / math.log(2))
+    # By offset: segments 2-18 of the two windows at each offset; together segments 2+.
+    assert model["tokens_per_offset"] == [2 * 17.0] * SEG
+    assert model["offset_buckets"]["1-4"]["tokens"] == 4 * 2 * 17
+    assert math.isclose(sum(model["nll_per_offset"]), sum(model["nll_per_segment"][1:]))
+    assert model["offset_buckets"]["65+"] is None      # segments of 64
   assert infini["tokens_per_segment"] == none["tokens_per_segment"]   # the same windows
   assert none["vs_none"] is None and math.isclose(
       infini["vs_none"]["1"], infini["buckets"]["1"]["bits"] / none["buckets"]["1"]["bits"] - 1)
@@ -111,6 +151,9 @@ def test_entry_point_compares_with_the_baseline(tmp_path, capsys):
   assert written["models"][1]["memory"] == "none" and written["unit"] == "bits per byte"
   out = capsys.readouterr().out
   assert "infini/linear@3 vs none" in out and "none@3" in out and "17+" in out
+  assert "by offset within the segment" in out and "17-64" in out
+  assert math.isclose(infini["offset_vs_none"]["1-4"], infini["offset_buckets"]["1-4"]["bits"]
+                      / none["offset_buckets"]["1-4"]["bits"] - 1)
   assert "held-out bits per byte" in out
 
 

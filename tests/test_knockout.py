@@ -63,6 +63,20 @@ def test_knockout_changes_nothing_without_a_memory():
                                 normal)
 
 
+def test_sums_by_offset_equal_each_positions_own_loss():
+  """Per-position sums of a knocked-out model (every segment read alone), summed by offset within
+  segments 2+, against each segment run on its own."""
+  model, b = model_of("infini"), batch()
+  sums = ppl.bucket_sums(model, b, 1, jnp.zeros(b["inputs"].shape))
+  logits, _ = model(b["inputs"].reshape(-1, N))
+  nll = -jnp.take_along_axis(jax.nn.log_softmax(logits, -1),
+                             b["targets"].reshape(-1, N)[..., None], -1)[..., 0]
+  want = np.asarray(nll).reshape(2, SEGMENTS, N)[:, 1:].sum((0, 1))   # [N]
+  np.testing.assert_allclose(ppl.by_offset(np.asarray(sums["nll"]), N), want, rtol=2e-5)
+  np.testing.assert_array_equal(ppl.by_offset(np.asarray(sums["weight"]), N),
+                                [2 * (SEGMENTS - 1)] * N)
+
+
 def test_full_attention_buckets_equal_its_own_positions():
   """A model whose one segment covers the window, bucketed in the others' segments."""
   model, b = model_of("none", segment_len=SEGMENTS * N), batch()

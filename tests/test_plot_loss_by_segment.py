@@ -53,3 +53,15 @@ def test_files_of_another_unit_or_not_ppl_json_are_refused(tmp_path):
   (tmp_path / "c.json").write_text("{}")
   with pytest.raises(UserError, match="c.json: not a ppl.json of eval_ppl"):
     plot_loss_by_segment.read_lines([str(tmp_path / "c.json")])
+
+
+def test_by_offset_plots_the_offsets_within_the_segment(tmp_path):
+  xl = model("xl@10", "runs/xl", [2.0, 1.8])
+  xl.update(nll_per_offset=[b * math.log(2) * 10 for b in (1.0, 2.0, 3.0)],
+            tokens_per_offset=[10.0, 10.0, 0.0])
+  path = write(tmp_path / "a.json", [xl])
+  got = plot_loss_by_segment.main([path, "--by_offset"])
+  assert got["png"] == str(tmp_path / "loss_by_offset.png")
+  assert (tmp_path / "loss_by_offset.png").read_bytes()[:8] == PNG
+  _, lines = plot_loss_by_segment.read_lines([path], "offset")
+  np.testing.assert_allclose(lines[0][1], [1.0, 2.0, np.nan])   # no tokens: NaN, not 0

@@ -12,12 +12,14 @@ import script_modules
 ppl_table = script_modules.load("ppl_table")
 
 
-def model(run, memory, bits, knocked=None, tokens=100.0):
-  def sums(bits):
-    return dict(nll_per_segment=[b * math.log(2) * tokens for b in bits],
-                tokens_per_segment=[tokens] * len(bits))
+def model(run, memory, bits, knocked=None, tokens=100.0, offset_bits=None):
+  def sums(bits, unit="segment"):
+    return {f"nll_per_{unit}": [b * math.log(2) * tokens for b in bits],
+            f"tokens_per_{unit}": [tokens] * len(bits)}
+  offsets = {} if offset_bits is None else sums(offset_bits, "offset")
   return dict(name=f"{memory}@10", checkpoint=f"runs/{run}/checkpoints", memory=memory,
-              segment_len=8, **sums(bits), knocked_out=None if knocked is None else sums(knocked))
+              segment_len=8, **sums(bits), **offsets,
+              knocked_out=None if knocked is None else sums(knocked))
 
 
 def write(path, models, segments=4):
@@ -66,3 +68,21 @@ def test_without_a_baseline_the_table_shows_bits_alone(tmp_path):
   shared, rows, baseline = ppl_table.rows([only])
   assert baseline is None and rows[0][2] is None
   assert "no memory=\"none\" baseline" in ppl_table.markdown(shared, rows, baseline)
+
+
+def test_by_offset_the_columns_are_offsets_within_the_segment(tmp_path):
+  # Segments of 8: offsets 1-4 and 5-8 (the 5-16 bucket); 17-64 and 65+ hold nothing.
+  none = model("none", "none", [2.0] * 4, offset_bits=[2.0] * 8)
+  xl = model("xl", "xl", [2.0] * 4, offset_bits=[1.0] * 4 + [1.5] * 4)
+  path = write(tmp_path / "a.json", [xl, none])
+  got = ppl_table.main([path, "--by_offset"])
+  bits = {label: b for label, b, _ in got["rows"]}
+  assert bits["xl"]["1-4"] == pytest.approx(1.0) and bits["xl"]["5-16"] == pytest.approx(1.5)
+  assert bits["xl"]["17-64"] is None and bits["xl"]["all"] == pytest.approx(1.25)
+  text = ppl_table.markdown(*ppl_table.rows([path], "offset"), "offset")
+  assert "| model | offset 1-4 | offset 5-16 | offset 17-64 | offset 65+ | all |" in text
+  assert "| xl | 1.0000 (-50.00 %) | 1.5000 (-25.00 %) | - | - | 1.2500 (-37.50 %) |" in text
+  assert "segments 2+ by offset" in text
+  old = write(tmp_path / "old.json", [model("none", "none", [2.0] * 4)])
+  with pytest.raises(UserError, match="no nll_per_offset.*evaluate the model again"):
+    ppl_table.rows([old], "offset")

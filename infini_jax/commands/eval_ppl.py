@@ -5,8 +5,12 @@
 
 The validation split of the run's corpus (for a "<corpus>_passkey" mixture, the corpus alone) is
 cut into windows of ``--segments`` segments, each read from an empty memory, and the loss is summed
-per segment (``step.loss_sums``). Buckets: the first segment (local attention only, for every
-model), segments 2-4, 5-16 and 17+ (where a memory can help most). The table gives bits per byte
+per position of the window, then per segment and per offset within the segment. Buckets: the
+first segment (local attention only, for every model), segments 2-4, 5-16 and 17+ (where a memory
+can help most); and a second table over segments 2+ by offset within the segment, 1-4, 5-16,
+17-64 and 65+ (what the previous segment's last bytes give, e.g. xl's exact keys and values,
+shows at the first offsets; ``nll_per_offset``, ``tokens_per_offset`` and ``offset_buckets`` in
+the JSON). The table gives bits per byte
 for the byte vocabulary (nats / ln 2 per byte token), else bits per token, labelled so
 (``evals.ppl_report``). With a baseline, both models read the same windows and are printed side
 by side; when one of them has ``memory="none"`` (and the main run's segment length), the other's
@@ -85,17 +89,22 @@ def main(argv=None) -> dict:
           f"baseline ({base_n} tokens); set --segments to a multiple of {base_n // n}")
     models.append(baseline)
   vocab_size = max(r.model.cfg.vocab_size for r in models)
-  totals, batches = ppl.per_segment_sums(models, data_cfg, vocab_size, counts["batches"])
+  totals, batches = ppl.per_position_sums(models, data_cfg, vocab_size, counts["batches"])
   # A memory="none" model has no memory to knock out: its knock-out would be itself, read again.
   remembering = ["knockout" in own and r.model.cfg.memory != "none" for r in models]
-  knocked = iter(ppl.per_segment_sums([r for r, k in zip(models, remembering) if k], data_cfg,
+  knocked = iter(ppl.per_position_sums([r for r, k in zip(models, remembering) if k], data_cfg,
                                       vocab_size, counts["batches"], knockout=True)[0]
                  if any(remembering) else ())
   knocked = [next(knocked) if k else None for k in remembering]
 
   def sums(t):
-    return dict(nll_per_segment=t["nll"].tolist(), tokens_per_segment=t["weight"].tolist(),
-                buckets=ppl_report.buckets(t["nll"], t["weight"]))
+    n = data_cfg.segment_len
+    nll, tokens = ppl.by_segment(t["nll"], n), ppl.by_segment(t["weight"], n)
+    offset_nll, offset_tokens = ppl.by_offset(t["nll"], n), ppl.by_offset(t["weight"], n)
+    return dict(nll_per_segment=nll.tolist(), tokens_per_segment=tokens.tolist(),
+                buckets=ppl_report.buckets(nll, tokens),
+                nll_per_offset=offset_nll.tolist(), tokens_per_offset=offset_tokens.tolist(),
+                offset_buckets=ppl_report.buckets(offset_nll, offset_tokens, ppl_report.OFFSETS))
 
   results = [dict(name=ppl.model_name(r.model, r.step, data_cfg.segment_len), checkpoint=r.checkpoint, step=r.step,
                   memory=r.model.cfg.memory, update_rule=r.model.cfg.update_rule,
@@ -111,7 +120,10 @@ def main(argv=None) -> dict:
   print(f"held-out {unit} by segment of the window ({data_cfg.task} validation, {batches} "
         f"batches of {data_cfg.batch_size} x {data_cfg.segments} segments of "
         f"{data_cfg.segment_len} tokens)\n"
-        f"{ppl_report.table(results, data_cfg.segment_len, unit)}", flush=True)
+        f"{ppl_report.table(results, data_cfg.segment_len, unit)}\n"
+        f"the same, segments 2+ by offset within the segment\n"
+        f"{ppl_report.table(results, data_cfg.segment_len, unit, ppl_report.BY_OFFSET)}",
+        flush=True)
   for r, result in zip(models, results):
     print(f"state per sequence of {result['name']}: {state.describe(r.model.cfg)}", flush=True)
   print(f"wrote {os.path.join(out, 'ppl.json')}", flush=True)

@@ -1,6 +1,6 @@
-"""Held-out loss by position in the document: per-segment sums over windows of the validation
-split (bucketed and reported by ``ppl_report``). The command is
-``python -m infini_jax.eval_ppl``."""
+"""Held-out loss by position in the document: per-position sums over windows of the validation
+split, summed by segment and by offset within the segment and bucketed by ``ppl_report``. The
+command is ``python -m infini_jax.eval_ppl``."""
 
 import dataclasses
 
@@ -48,12 +48,12 @@ def bucket_sums(model, batch, bucket_len: int, write_weight=None) -> dict:
   return jax.tree.map(lambda x: x.reshape(-1), outputs)   # [segments, per segment] -> buckets
 
 
-def per_segment_sums(runs, data_cfg, vocab_size: int, max_batches: int | None,
-                     knockout: bool = False):
-  """Summed NLL and token counts ``[segments]`` of every run's model over the same held-out batches.
+def per_position_sums(runs, data_cfg, vocab_size: int, max_batches: int | None,
+                      knockout: bool = False):
+  """Summed NLL and token counts ``[seq]`` (each position of the window, summed over windows) of
+  every run's model over the same held-out batches; ``by_segment`` and ``by_offset`` sum them.
 
   ``runs``: :class:`restore.Loaded`; each model reads the batches sharded over its own mesh.
-  Segments are ``data_cfg.segment_len`` tokens, whatever a model's own (a multiple of it).
   ``knockout``: the memory is never written (every token's write weight is 0, so it stays empty
   and its read is 0; ``memory="xl"`` hands nothing to the next segment).
   """
@@ -65,7 +65,7 @@ def per_segment_sums(runs, data_cfg, vocab_size: int, max_batches: int | None,
         "the evaluation batch (--batch_size, default the run's)")
     def sums(params, batch, graphdef=graphdef):
       never = jnp.zeros(batch["inputs"].shape, jnp.float32) if knockout else None
-      return bucket_sums(nnx.merge(graphdef, params), batch, data_cfg.segment_len, never)
+      return bucket_sums(nnx.merge(graphdef, params), batch, 1, never)
 
     loss = jax.jit(sums, out_shardings=sharding.replicated(run.mesh))
     fns.append((loss, params, batch_sharding))
@@ -88,6 +88,17 @@ def per_segment_sums(runs, data_cfg, vocab_size: int, max_batches: int | None,
   if not batches:
     raise ValueError(f"the validation split of task {data_cfg.task!r} is empty")
   return totals, batches
+
+
+def by_segment(sums: np.ndarray, segment_len: int) -> np.ndarray:
+  """``[segments]``: per-position ``sums`` ``[seq]`` summed over each segment of ``segment_len``."""
+  return sums.reshape(-1, segment_len).sum(1)
+
+
+def by_offset(sums: np.ndarray, segment_len: int) -> np.ndarray:
+  """``[segment_len]``: per-position ``sums`` ``[seq]`` summed over segments 2+ at each offset
+  within the segment (segment 1, which has nothing before it, left out)."""
+  return sums.reshape(-1, segment_len)[1:].sum(0)
 
 
 def model_name(model, step_number: int, segment_len: int | None = None) -> str:
