@@ -3,18 +3,17 @@
     python -m infini_jax.eval_ppl --gin_file=configs/passkey_tiny.gin \\
         --baseline_gin_file=configs/passkey_tiny_none.gin
 
-The validation split of the run's corpus (for a "<corpus>_passkey" mixture, the corpus alone) is
-cut into windows of ``--segments`` segments, each read from an empty memory, and the loss is summed
-per position of the window, then per segment and per offset within the segment. Buckets: the
-first segment (local attention only, for every model), segments 2-4, 5-16 and 17+ (where a memory
-can help most); and a second table over segments 2+ by offset within the segment, 1-4, 5-16,
-17-64 and 65+ (what the previous segment's last bytes give, e.g. xl's exact keys and values,
-shows at the first offsets; ``nll_per_offset``, ``tokens_per_offset`` and ``offset_buckets`` in
-the JSON). The table gives bits per byte
-for the byte vocabulary (nats / ln 2 per byte token), else bits per token, labelled so
-(``evals.ppl_report``). With a baseline, both models read the same windows and are printed side
-by side; when one of them has ``memory="none"`` (and the main run's segment length), the other's
-relative change against it is printed too ("NAME vs none") and written as ``vs_none``.
+The validation split of the run's corpus (for a "<corpus>_passkey" mixture, the corpus alone) is cut
+into windows of ``--segments`` segments, each read from an empty memory, and the loss is summed per
+position of the window, then per segment and per offset within the segment. Buckets: the first
+segment (local attention only, for every model), segments 2-4, 5-16 and 17+ (where a memory can help
+most); and a second table over segments 2+ by offset within the segment, 1-4, 5-16, 17-64 and 65+
+(what the previous segment's last bytes give, e.g. xl's exact keys and values, shows at the first
+offsets; ``nll_per_offset``, ``tokens_per_offset`` and ``offset_buckets`` in the JSON). The table
+gives bits per byte for the byte vocabulary (nats / ln 2 per byte token), else bits per token,
+labelled so (``evals.ppl_report``). With a baseline, both models read the same windows and are
+printed side by side; when one of them has ``memory="none"`` (and the main run's segment length),
+the other's relative change against it is printed too ("NAME vs none") and written as ``vs_none``.
 ``scripts/plot_loss_by_segment.py`` plots the per-segment losses of several ``ppl.json`` files;
 ``scripts/ppl_table.py`` puts their models into one table against ``none``.
 
@@ -106,7 +105,8 @@ def main(argv=None) -> dict:
                 nll_per_offset=offset_nll.tolist(), tokens_per_offset=offset_tokens.tolist(),
                 offset_buckets=ppl_report.buckets(offset_nll, offset_tokens, ppl_report.OFFSETS))
 
-  results = [dict(name=ppl.model_name(r.model, r.step, data_cfg.segment_len), checkpoint=r.checkpoint, step=r.step,
+  results = [dict(name=ppl.model_name(r.model, r.step, data_cfg.segment_len),
+                  checkpoint=r.checkpoint, step=r.step,
                   memory=r.model.cfg.memory, update_rule=r.model.cfg.update_rule,
                   segment_len=r.model.cfg.segment_len,
                   state_per_sequence=state.state_per_sequence(r.model.cfg), **sums(t),
