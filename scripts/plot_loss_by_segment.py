@@ -74,7 +74,8 @@ def plot(shared: dict, lines: list, path: str, train_segments: int | None,
 def main(argv=None) -> dict:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("files", nargs="+", help="ppl.json files of eval_ppl")
-  parser.add_argument("--out", help="the PNG (default: loss_by_segment.png beside the first file)")
+  parser.add_argument("--out", help="the PNG (default: loss_by_segment.png, or with --by_offset "
+                                     "loss_by_offset.png, beside the first file)")
   parser.add_argument("--train_segments", type=int, help="training length in segments")
   parser.add_argument("--by_offset", action="store_true",
                       help="x is the offset within the segment, over segments 2+")

@@ -32,7 +32,6 @@ from infini_jax.errors import UserError  # noqa: E402
 from infini_jax.evals import ppl_report  # noqa: E402
 
 
-
 def run_name(checkpoint: str) -> str:
   """The run folder of a model's checkpoint path (``runs/x/checkpoints`` -> ``x``)."""
   parts = checkpoint.rstrip("/").split("/")
