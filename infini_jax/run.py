@@ -20,7 +20,7 @@ from infini_jax.training import divergence, optim, step
 from infini_jax import sharding
 from infini_jax.data.config import DataConfig
 from infini_jax.errors import UserError, check_regex
-from infini_jax.inputs import SyntheticData
+from infini_jax.inputs import ExportedData, SyntheticData
 from infini_jax.model import ModelConfig
 
 
@@ -29,8 +29,9 @@ class RunConfig:
   """Everything a run is: model, data, optimizer, mesh, and the loop's settings (gin: ``train``).
 
   Attributes:
-    data: the training input (a seqio ``DataConfig`` or ``SyntheticData``); its ``batch_size`` is
-      the global batch and ``seq_len`` the tokens per example.
+    data: the training input (a seqio ``DataConfig``, its batches exported as ``ExportedData``,
+      or ``SyntheticData``); its ``batch_size`` is the global batch and ``seq_len`` the tokens
+      per example.
     eval_data: the held-out data (its "validation" split is read); None: ``data``.
     init_from: continual pretraining: a checkpoint directory of another run (only its params are
       read; missing ones are initialised and listed), or "hf:DIR" for Hugging Face weights.
@@ -48,7 +49,7 @@ class RunConfig:
   """
   model: ModelConfig
   optimizer: optim.OptimizerConfig
-  data: DataConfig | SyntheticData
+  data: DataConfig | ExportedData | SyntheticData
   model_dir: str
   steps: int
   mesh: sharding.MeshConfig = sharding.MeshConfig()
@@ -61,7 +62,7 @@ class RunConfig:
   keep_every: int | None = None
   log_every: int = 10
   eval_every: int = 0
-  eval_data: DataConfig | SyntheticData | None = None
+  eval_data: DataConfig | ExportedData | SyntheticData | None = None
   eval_batches: int = 8
   init_from: str | None = None
   init_fresh: tuple[str, ...] = ()
@@ -96,7 +97,7 @@ class RunConfig:
                         f"--gin.train.{name}")
 
   @property
-  def held_out(self) -> DataConfig | SyntheticData:
+  def held_out(self) -> DataConfig | ExportedData | SyntheticData:
     """The data whose "validation" split evaluation reads."""
     return self.eval_data or self.data
 

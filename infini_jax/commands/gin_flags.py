@@ -51,6 +51,7 @@ def register() -> None:
   from infini_jax.run import RunConfig
   for fn, name in ((ModelConfig, "ModelConfig"), (optim.OptimizerConfig, "OptimizerConfig"),
                    (DataConfig, "DataConfig"), (inputs.SyntheticData, "SyntheticData"),
+                   (inputs.ExportedData, "ExportedData"),
                    (sharding.MeshConfig, "MeshConfig"), (RunConfig, "train"),
                    (hf_path, "hf_path")):
     _CONFIGURABLES[name] = gin.external_configurable(fn, name)

@@ -10,15 +10,18 @@ import numpy as np
 from flax import nnx
 
 from infini_jax import loss, sharding
-from infini_jax.inputs import make_pipeline
+from infini_jax.inputs import ExportedData, make_pipeline
 from infini_jax.model.transformer import scan_segments
 
 
 def held_out_data(data_cfg, segments: int, batch_size: int | None):
   """The run's data config turned into windows of ``segments`` segments of its corpus."""
-  changes = dict(seq_len=segments * data_cfg.segment_len, shuffle=False)
+  changes = dict(seq_len=segments * data_cfg.segment_len)
   if batch_size:
     changes["batch_size"] = batch_size
+  if isinstance(data_cfg, ExportedData):   # exported in order, passkey examples left out
+    return dataclasses.replace(data_cfg, **changes)
+  changes["shuffle"] = False
   if data_cfg.task.endswith("_passkey"):
     changes.update(task=data_cfg.task[:-len("_passkey")], passkey_rate=0.0)
   return dataclasses.replace(data_cfg, **changes)
