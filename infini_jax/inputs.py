@@ -126,8 +126,9 @@ class SyntheticPipeline(_HostRows):
 
 
 class ExportedPipeline(_HostRows):
-  """Per-host view of :class:`ExportedData`'s ``split``. A last partial batch of a held-out split
-  is filled with all-zero rows (loss_mask 0), as the seqio pipeline fills it."""
+  """Per-host view of :class:`ExportedData`'s ``split``. A last partial batch (read with another
+  batch size than the export's) is filled with all-zero rows (loss_mask 0), as the seqio pipeline
+  fills a held-out split's."""
 
   def __init__(self, cfg: ExportedData, shard_index: int, num_shards: int, start_position=0,
                split: str = "train"):
