@@ -77,13 +77,18 @@ def read_text(p) -> str:
 
 def write_text(p, text: str) -> None:
   """Replaces the file's contents at once: readers see the old or the new text, never a part."""
+  write_bytes(p, text.encode())
+
+
+def write_bytes(p, data: bytes) -> None:
+  """Replaces the file's contents at once: readers see the old or the new bytes, never a part."""
   p = path(p)
   p.parent.mkdir(parents=True, exist_ok=True)
   if is_bucket(p):
-    p.write_text(text)   # an object appears only once its upload is complete
+    p.write_bytes(data)   # an object appears only once its upload is complete
     return
   tmp = p.parent / f"{p.name}.tmp"
-  tmp.write_text(text)
+  tmp.write_bytes(data)
   tmp.replace(p)
 
 

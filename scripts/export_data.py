@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import io
 import json
 import os
 import sys
@@ -29,6 +30,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from infini_jax import paths  # noqa: E402
 from infini_jax.commands import entry, gin_flags  # noqa: E402
 from infini_jax.errors import UserError  # noqa: E402
 from infini_jax.inputs import FIELDS  # noqa: E402
@@ -49,17 +51,18 @@ def read_batches(pipeline, limit: int | None) -> dict:
 
 
 def write(path: str, arrays: dict, vocab_size: int) -> None:
-  """Writes ``arrays`` to ``path`` whole or not at all (a temporary file, then a rename)."""
+  """Writes ``arrays`` to ``path`` whole or not at all (``paths.write_bytes``)."""
   tokens = np.uint16 if vocab_size <= 2**16 else np.int32
   stored = {k: v.astype(tokens if k in ("inputs", "targets") else np.float32)
             for k, v in arrays.items()}
-  with open(path + ".tmp", "wb") as f:
-    np.savez_compressed(f, **stored)
-  os.replace(path + ".tmp", path)
+  buffer = io.BytesIO()
+  np.savez_compressed(buffer, **stored)
+  paths.write_bytes(path, buffer.getvalue())
 
 
 def main(argv=None):
-  files, paths, bindings, rest = gin_flags.split_flags(sys.argv[1:] if argv is None else argv)
+  argv = sys.argv[1:] if argv is None else argv
+  files, search_paths, bindings, rest = gin_flags.split_flags(argv)
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument("--out", required=True, help="the folder to write")
   p.add_argument("--train_batches", type=int, default=0, help="global batches of train (0: none)")
@@ -70,7 +73,7 @@ def main(argv=None):
   if args.train_batches < 0:
     raise UserError(f"--train_batches {args.train_batches} must be >= 0")
   gin_flags.setup_logging()
-  gin_flags.parse(files, paths, bindings)
+  gin_flags.parse(files, search_paths, bindings)
   run = gin_flags.run_config()
   from infini_jax.data import DataConfig, build_pipeline
   from infini_jax.evals import ppl
@@ -81,7 +84,6 @@ def main(argv=None):
   for length in seq_lens:
     if length % cfg.segment_len:
       raise UserError(f"--seq_lens: {length} is not a multiple of segment_len {cfg.segment_len}")
-  os.makedirs(args.out, exist_ok=True)
   vocab_size = run.model.vocab_size
   written = []
   if args.train_batches:
@@ -94,8 +96,7 @@ def main(argv=None):
           read_batches(build_pipeline(held_out, "validation"), None), vocab_size)
     written.append(f"validation-{length}.npz")
   info = dict(dataclasses.asdict(cfg), train_batches=args.train_batches)
-  with open(os.path.join(args.out, "info.json"), "w") as f:
-    json.dump(info, f, indent=1)
+  paths.write_text(os.path.join(args.out, "info.json"), json.dumps(info, indent=1))
   print(json.dumps({"out": args.out, "files": written}))
 
 
