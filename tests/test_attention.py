@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from infini_jax.errors import UserError
 from infini_jax.model import ModelConfig
 from infini_jax.model.attention import InfiniAttention, KVCache, blocked_attention, local_attention
 from infini_jax.memory import init_memory, is_empty
@@ -26,11 +27,12 @@ def np_sigma(x):
   return np.where(x > 0, x + 1.0, np.exp(x))
 
 
-def np_layer(x_segments, wq, wk, wv, wo, beta, rule, theta, empty_memory_gate="paper"):
+def np_layer(x_segments, wq, wk, wv, wo, beta, rule, theta, empty_memory_gate="paper", u=None):
   """Per head h, kv head h // G: local softmax with RoPE + memory read/write without PE, gated.
 
   empty_memory_gate="local_only": a head whose memory is still empty (z = 0) gives its local
-  result alone (gate 0)."""
+  result alone (gate 0). ``u [heads, d]`` (gate="query"): token t's gate is
+  sigmoid(beta[h] + q[t, h] . u[h]) with the raw query."""
   d_model, heads, d = wq.shape
   kv_heads = wk.shape[1]
   group = heads // kv_heads
@@ -52,7 +54,8 @@ def np_layer(x_segments, wq, wk, wv, wo, beta, rule, theta, empty_memory_gate="p
       local = (p / p.sum(-1, keepdims=True)) @ v[:, j]
       sq = np_sigma(q[:, h])
       read = np.zeros((n, d)) if not z[j].any() else (sq @ M[j]) / (sq @ z[j])[:, None]
-      g = 1 / (1 + np.exp(-beta[h]))
+      logit = beta[h] if u is None else beta[h] + (q[:, h] @ u[h])[:, None]   # scalar or [n, 1]
+      g = 1 / (1 + np.exp(-logit))
       if empty_memory_gate == "local_only" and not z[j].any():
         g = 0.0
       heads_out[:, h] = g * read + (1 - g) * local
@@ -86,6 +89,48 @@ def test_layer_matches_numpy_over_segments(rule):
     want = np_layer([x[b] for x in xs], *params, beta, rule, cfg.rope_theta)
     for s in range(3):
       np.testing.assert_allclose(got[s][b], want[s], rtol=2e-4, atol=2e-4)
+
+
+def test_query_gate_matches_numpy_and_varies_by_token():
+  """gate="query" (beyond the paper): sigmoid(beta + q . u) per token, against the numpy layer;
+  with u = 0 (its initial value) it is the paper's per-head gate."""
+  cfg = ModelConfig(d_model=32, num_heads=4, num_kv_heads=2, head_dim=8, segment_len=6,
+                    attention_impl="reference", gate="query")
+  layer = InfiniAttention(cfg, rngs=nnx.Rngs(3))
+  assert not np.asarray(layer.gate_u[...]).any()
+  beta = np.array([-2.0, -0.5, 0.7, 2.5])
+  layer.beta[...] = jnp.asarray(beta, jnp.float32)
+  rng = np.random.default_rng(2)
+  xs = [rng.normal(size=(2, 6, 32)).astype(np.float32) for _ in range(3)]
+  params = [np.asarray(w[...], np.float64) for w in (layer.w_q, layer.w_k, layer.w_v, layer.w_o)]
+  call = nnx.jit(lambda layer, *args: layer(*args))
+
+  def run():
+    state, outs = init_memory(2, 2, 8, 8), []
+    for x in xs:
+      out, state = call(layer, x, state)
+      outs.append(np.asarray(out))
+    return outs
+
+  paper = [np_layer([x[b].astype(np.float64) for x in xs], *params, beta, "linear",
+                    cfg.rope_theta) for b in range(2)]
+  for s, out in enumerate(run()):                              # u = 0: the paper's layer
+    for b in range(2):
+      np.testing.assert_allclose(out[b], paper[b][s], rtol=2e-4, atol=2e-4)
+  u = rng.normal(size=(4, 8))
+  layer.gate_u[...] = jnp.asarray(u, jnp.float32)
+  got = run()
+  for b in range(2):
+    want = np_layer([x[b].astype(np.float64) for x in xs], *params, beta, "linear",
+                    cfg.rope_theta, u=u)
+    for s in range(3):
+      np.testing.assert_allclose(got[s][b], want[s], rtol=2e-4, atol=2e-4)
+    assert np.abs(want[1] - paper[b][1]).max() > 1e-2           # the gate changed the output
+
+
+def test_query_gate_needs_a_memory():
+  with pytest.raises(UserError, match='gate="head" or memory="infini"'):
+    ModelConfig(memory="none", gate="query")
 
 
 def test_local_only_while_the_memory_is_empty_per_row():

@@ -397,6 +397,13 @@ def test_conversion_onto_8_devices_equals_one(llama_dir):
   assert "2x2x2" in result.stdout and "1x4x2" in result.stdout
 
 
+def test_the_query_gate_is_refused_by_the_hf_layout(llama_dir, tmp_path):
+  cfg = llama.config_from_hf(LLAMA, segment_len=SEQ, gate="query")
+  with pytest.raises(UserError, match='holds one gate per head .* not gate=.query.; set '
+                                      'ModelConfig.gate="head"'):
+    llama.load_hf_params(llama_dir[0], cfg)
+
+
 def test_export_then_import_is_exact(llama_dir, tmp_path):
   cfg = llama.config_from_hf(LLAMA, segment_len=SEQ, update_rule="delta",
                              empty_memory_gate="local_only")

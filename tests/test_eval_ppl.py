@@ -168,4 +168,5 @@ def test_model_names_tell_the_segment_1_option_and_full_attention_apart():
     return ppl.model_name(types.SimpleNamespace(cfg=ModelConfig(**changes)), 7, SEG)
   assert name(segment_len=SEG) == "infini/linear@7"
   assert name(segment_len=SEG, empty_memory_gate="local_only") == "infini/linear/local_only@7"
+  assert name(segment_len=SEG, gate="query") == "infini/linear/query_gate@7"
   assert name(segment_len=4 * SEG, memory="none") == f"none/seg{4 * SEG}@7"

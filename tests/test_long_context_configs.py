@@ -12,7 +12,7 @@ from infini_jax.training import step
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODELS = ("infini_linear", "infini_delta", "none", "xl", "full", "infini_linear_local_first",
-          "infini_linear_closed_gate", "infini_delta_closed_gate")
+          "infini_linear_closed_gate", "infini_delta_closed_gate", "infini_linear_query_gate")
 
 
 def parameters(cfg) -> int:
@@ -26,11 +26,13 @@ def test_the_models_of_a_corpus_match_in_parameters_and_tokens(corpus):
              for m in MODELS}
   kinds = {m: (c.model.memory, c.model.update_rule) for m, c in configs.items()}
   assert kinds["infini_linear"] == ("infini", "linear") and kinds["infini_delta"] == ("infini", "delta")
-  assert kinds["infini_linear_local_first"] == kinds["infini_linear_closed_gate"] == ("infini", "linear")
+  assert (kinds["infini_linear_local_first"] == kinds["infini_linear_closed_gate"]
+          == kinds["infini_linear_query_gate"] == ("infini", "linear"))
   assert kinds["infini_delta_closed_gate"] == ("infini", "delta")
   assert [c.model.empty_memory_gate for c in configs.values()] == (
-      ["paper"] * 5 + ["local_only", "paper", "paper"])
-  assert [c.model.gate_init for c in configs.values()] == [0.0] * 6 + [-3.0, -3.0]
+      ["paper"] * 5 + ["local_only", "paper", "paper", "paper"])
+  assert [c.model.gate_init for c in configs.values()] == [0.0] * 6 + [-3.0, -3.0, 0.0]
+  assert [c.model.gate for c in configs.values()] == ["head"] * 8 + ["query"]
   assert [kinds[m][0] for m in ("none", "xl", "full")] == ["none", "xl", "none"]
   counts = {m: parameters(c.model) for m, c in configs.items()}
   assert max(counts.values()) <= 1.01 * min(counts.values()), counts

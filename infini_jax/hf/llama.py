@@ -37,6 +37,7 @@ import jax
 import numpy as np
 
 from infini_jax import trees
+from infini_jax.errors import UserError
 from infini_jax.model.config import ROPE_SCALING_KEYS, ModelConfig
 
 
@@ -280,6 +281,9 @@ class _Tensor(NamedTuple):
 
 
 def _table(cfg: ModelConfig) -> list:
+  if cfg.gate != "head":
+    raise UserError(f'the Hugging Face layout holds one gate per head (ModelConfig.gate="head"), '
+                    f'not gate={cfg.gate!r}; set ModelConfig.gate="head" to read or write it')
   layer = "model.layers.{i}."
   table = [_Tensor(("embed", "embedding"), "model.embed_tokens.weight", "copy"),
            _Tensor(("final_norm", "scale"), "model.norm.weight", "copy")]

@@ -211,6 +211,8 @@ class InfiniAttention(nnx.Module):
       self.b_v = param(rngs, zeros, (kv, d), ("kv_heads", "head_dim"))
     if cfg.memory == "infini":
       self.beta = param(rngs, nnx.initializers.constant(cfg.gate_init), (h,), ("heads",))
+      if cfg.gate == "query":   # beyond the paper: see ModelConfig.gate
+        self.gate_u = param(rngs, nnx.initializers.zeros, (h, d), ("heads", "head_dim"))
 
   @scoped("qkv")
   def project(self, x: jax.Array):
@@ -227,6 +229,14 @@ class InfiniAttention(nnx.Module):
     """RoPE with the config's theta and scaling (see :func:`layers.rope`)."""
     return rope(x, self.cfg.rope_theta, positions, scaling=self.cfg.rope_scaling)
 
+  def gate(self, q: jax.Array) -> jax.Array:
+    """The weight of the memory read in eq. 10, float32: ``sigmoid(beta) [heads, 1]``, or with
+    ``gate="query"`` ``sigmoid(beta + q . u) [b, n, heads, 1]`` for the raw ``q [b, n, heads, d]``."""
+    beta = self.beta[...]
+    if self.cfg.gate == "query":
+      beta = beta + jnp.einsum("bnhd,hd->bnh", q.astype(jnp.float32), self.gate_u[...])
+    return jax.nn.sigmoid(beta)[..., None]
+
   @scoped("gate_and_output")
   def output(self, local: jax.Array, q: jax.Array, memory: mem.Memory | None) -> jax.Array:
     """Gate (eq. 10) the local result with the memory read by the raw ``q``, then W_O (eq. 11).
@@ -237,10 +247,10 @@ class InfiniAttention(nnx.Module):
     dtype = local.dtype
     if self.cfg.memory == "infini":
       from_memory = retrieve_grouped(memory, q)
-      gate = jax.nn.sigmoid(self.beta[...])[:, None]                # [heads, 1]
+      gate = self.gate(q)                                # [heads, 1] or [b, n, heads, 1]
       if self.cfg.empty_memory_gate == "local_only":   # beyond the paper: see ModelConfig
         filled = ~jnp.repeat(mem.is_empty(memory), self.cfg.group_size, axis=1)   # [b, heads]
-        gate = jnp.where(filled[:, None, :, None], gate, 0.0)      # [b, 1, heads, 1]
+        gate = jnp.where(filled[:, None, :, None], gate, 0.0)      # [b, 1 or n, heads, 1]
       local = (gate * from_memory + (1.0 - gate) * local.astype(jnp.float32)).astype(dtype)
     out = jnp.einsum("bnhk,hkd->bnd", local, self.w_o[...].astype(dtype))
     return constrain(out, ("batch", "seq", "embed"))

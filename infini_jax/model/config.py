@@ -8,6 +8,7 @@ from infini_jax.errors import UserError
 
 MEMORY_KINDS = ("infini", "none", "xl")
 EMPTY_MEMORY_GATES = ("paper", "local_only")
+GATES = ("head", "query")
 REMAT_POLICIES = ("segment", "segment_and_layer", "save_dots", "none")
 ATTENTION_IMPLS = ("auto", "xla", "blocked", "cudnn", "splash", "reference")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -36,6 +37,10 @@ class ModelConfig:
       path is still scaled by 1 - sigmoid(beta)) or "local_only" (beyond the paper: while a
       sequence's memory of a key/value head is empty, z == 0, its heads output the local path
       alone, gate 0; per batch row, so it holds in decoding too).
+    gate: "head" (eq. 10: one learned scalar beta per head, the same at every position) or "query"
+      (beyond the paper: beta + q . u per token, with the head's raw query q and a learned
+      ``u [heads, head_dim]`` that starts at zero, so the model starts as the paper's; a head may
+      then read its memory at some positions and not at others). memory="infini" only.
     remat: "segment" (recompute each segment in the backward pass), "segment_and_layer" (also each
       layer inside it), "save_dots" (recompute each segment but keep the outputs of all its matmuls:
       the backward pass recomputes elementwise work only; activation memory then grows with the
@@ -70,6 +75,7 @@ class ModelConfig:
   dtype: str = "float32"
   gate_init: float = 0.0
   empty_memory_gate: str = "paper"
+  gate: str = "head"
   remat: str = "segment"
   scan_layers: bool = True
   attention_impl: str = "auto"
@@ -93,6 +99,10 @@ class ModelConfig:
     one_of("memory", self.memory, MEMORY_KINDS)
     one_of("update_rule", self.update_rule, ("linear", "delta"))
     one_of("empty_memory_gate", self.empty_memory_gate, EMPTY_MEMORY_GATES)
+    one_of("gate", self.gate, GATES)
+    if self.gate != "head" and self.memory != "infini":
+      raise UserError(f'ModelConfig.gate={self.gate!r} gates a compressive memory, but memory='
+                      f'{self.memory!r} has none; set gate="head" or memory="infini"')
     one_of("remat", self.remat, REMAT_POLICIES)
     one_of("attention_impl", self.attention_impl, ATTENTION_IMPLS)
     one_of("dtype", self.dtype, tuple(DTYPES))

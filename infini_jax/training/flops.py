@@ -30,7 +30,7 @@ def forward_flops_per_token(cfg: ModelConfig, with_memory: bool = True) -> float
   if with_memory and cfg.memory == "infini":
     read = 2 * h * hd * (hd + 1)                      # sigma(Q) M and sigma(Q) z
     write = 2 * kv * hd * hd * (2 if cfg.update_rule == "delta" else 1)
-    per_layer += read + write
+    per_layer += read + write + (2 * h * hd if cfg.gate == "query" else 0)   # q . u
   return cfg.num_layers * per_layer + 2 * d * cfg.vocab_size
 
 
