@@ -67,9 +67,11 @@ class Generation(NamedTuple):
 def init_state(model: InfiniTransformer, batch: int) -> DecodeState:
   """The state of ``batch`` empty sequences: empty memory, empty cache."""
   cfg = model.cfg
-  if cfg.memory == "xl":
-    raise UserError('decoding (generate, eval_passkey) is not implemented for memory="xl"; '
-                    'evaluate an xl model with eval_ppl, or decode a memory="infini"/"none" model')
+  if cfg.previous_segment_size():
+    what = 'memory="xl"' if cfg.memory == "xl" else 'local_context="two_segments"'
+    raise UserError(f'decoding (generate, eval_passkey) is not implemented for {what}; evaluate '
+                    f'the model with eval_ppl, or decode a model whose local attention sees its '
+                    f'own segment alone')
   shape = (cfg.num_layers, batch, cfg.segment_len, cfg.num_kv_heads, cfg.dim_per_head)
   cache = jnp.zeros(shape, cfg.compute_dtype)
   return DecodeState(stack_layers(model.init_memory(batch)), cache, cache,

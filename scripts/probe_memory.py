@@ -116,6 +116,9 @@ def main(argv=None) -> dict:
   model, cfg = loaded.model, loaded.model.cfg
   if cfg.memory != "infini":
     raise UserError(f"ModelConfig.memory is {cfg.memory!r}: there is no memory to probe")
+  if cfg.local_context != "segment":
+    raise UserError(f"the probe decodes, which ModelConfig.local_context={cfg.local_context!r} "
+                    f"does not support; probe a model with local_context=\"segment\"")
   segments = runs.parse_list(runs.last(own, "segments", "16,64,256"), "--segments",
                                    runs.parse_count)
   samples = runs.parse_count(runs.last(own, "samples", "8"), "--samples")

@@ -9,6 +9,7 @@ from flax import nnx
 
 from infini_jax.errors import UserError
 from infini_jax.model import ModelConfig
+from infini_jax.model import xl
 from infini_jax.model.attention import InfiniAttention, KVCache, blocked_attention, local_attention
 from infini_jax.memory import init_memory, is_empty
 
@@ -27,18 +28,22 @@ def np_sigma(x):
   return np.where(x > 0, x + 1.0, np.exp(x))
 
 
-def np_layer(x_segments, wq, wk, wv, wo, beta, rule, theta, empty_memory_gate="paper", u=None):
+def np_layer(x_segments, wq, wk, wv, wo, beta, rule, theta, empty_memory_gate="paper", u=None,
+             two_segments=False):
   """Per head h, kv head h // G: local softmax with RoPE + memory read/write without PE, gated.
 
   empty_memory_gate="local_only": a head whose memory is still empty (z = 0) gives its local
   result alone (gate 0). ``u [heads, d]`` (gate="query"): token t's gate is
-  sigmoid(beta[h] + q[t, h] . u[h]) with the raw query."""
+  sigmoid(beta[h] + q[t, h] . u[h]) with the raw query. ``two_segments``: the local softmax also
+  sees all of the previous segment's keys and values (none for the first), RoPE over both
+  segments at 0..2n-1 with the queries at n..2n-1."""
   d_model, heads, d = wq.shape
   kv_heads = wk.shape[1]
   group = heads // kv_heads
   M = np.zeros((kv_heads, d, d))
   z = np.zeros((kv_heads, d))
   outs = []
+  prev_k = prev_v = None
   for x in x_segments:                       # x [n, d_model], one batch element
     n = x.shape[0]
     q = np.einsum("nd,dhk->nhk", x, wq)
@@ -47,11 +52,18 @@ def np_layer(x_segments, wq, wk, wv, wo, beta, rule, theta, empty_memory_gate="p
     heads_out = np.zeros((n, heads, d))
     for h in range(heads):
       j = h // group
-      qr, kr = np_rope(q[:, h], theta), np_rope(k[:, j], theta)
+      if two_segments and prev_k is not None:
+        keys, values = np.concatenate([prev_k[:, j], k[:, j]]), np.concatenate([prev_v[:, j], v[:, j]])
+        qr = np_rope(np.concatenate([np.zeros((n, d)), q[:, h]]), theta)[n:]
+        visible = np.concatenate([np.ones((n, n), bool), np.tril(np.ones((n, n), bool))], 1)
+      else:
+        keys, values, qr = k[:, j], v[:, j], np_rope(q[:, h], theta)
+        visible = np.tril(np.ones((n, n), bool))
+      kr = np_rope(keys, theta)
       s = qr @ kr.T / np.sqrt(d)
-      s = np.where(np.tril(np.ones((n, n), bool)), s, -np.inf)
+      s = np.where(visible, s, -np.inf)
       p = np.exp(s - s.max(-1, keepdims=True))
-      local = (p / p.sum(-1, keepdims=True)) @ v[:, j]
+      local = (p / p.sum(-1, keepdims=True)) @ values
       sq = np_sigma(q[:, h])
       read = np.zeros((n, d)) if not z[j].any() else (sq @ M[j]) / (sq @ z[j])[:, None]
       logit = beta[h] if u is None else beta[h] + (q[:, h] @ u[h])[:, None]   # scalar or [n, 1]
@@ -65,28 +77,38 @@ def np_layer(x_segments, wq, wk, wv, wo, beta, rule, theta, empty_memory_gate="p
         vv = vv - (sk @ M[j]) / (sk @ z[j])[:, None]
       M[j] = M[j] + sk.T @ vv
       z[j] = z[j] + sk.sum(0)
+    prev_k, prev_v = k, v
     outs.append(np.einsum("nhk,hkd->nd", heads_out, wo))
   return outs
 
 
+BETA = np.array([-2.0, -0.5, 0.7, 2.5])   # distinct per head, so a wrong mapping shows
+
+
+def small_layer(seed, **changes):
+  """A 4-head layer (2 kv heads of 8, segments of 6) with the gates BETA, three segments of input
+  for 2 rows, its weights in float64 and a compiled call: (cfg, layer, xs, weights, call)."""
+  cfg = ModelConfig(d_model=32, num_heads=4, num_kv_heads=2, head_dim=8, segment_len=6,
+                    attention_impl="reference", **changes)
+  layer = InfiniAttention(cfg, rngs=nnx.Rngs(3))
+  layer.beta[...] = jnp.asarray(BETA, jnp.float32)
+  rng = np.random.default_rng(seed)
+  xs = [rng.normal(size=(2, 6, 32)).astype(np.float32) for _ in range(3)]
+  weights = [np.asarray(w[...], np.float64) for w in (layer.w_q, layer.w_k, layer.w_v, layer.w_o)]
+  call = nnx.jit(lambda layer, *args: layer(*args))   # numpy in, compiled: eager ops cost seconds
+  return cfg, layer, xs, weights, call
+
+
 @pytest.mark.parametrize("rule", ["linear", "delta"])
 def test_layer_matches_numpy_over_segments(rule):
-  cfg = ModelConfig(d_model=32, num_heads=4, num_kv_heads=2, head_dim=8, segment_len=6,
-                    update_rule=rule, attention_impl="reference")
-  layer = InfiniAttention(cfg, rngs=nnx.Rngs(3))
-  beta = np.array([-2.0, -0.5, 0.7, 2.5])           # distinct per head, so a wrong mapping shows
-  layer.beta[...] = jnp.asarray(beta, jnp.float32)
-  rng = np.random.default_rng(0)
-  xs = [rng.normal(size=(2, 6, 32)) for _ in range(3)]
-  params = [np.asarray(w[...], np.float64) for w in (layer.w_q, layer.w_k, layer.w_v, layer.w_o)]
-
+  cfg, layer, xs, params, call = small_layer(0, update_rule=rule)
   state = init_memory(2, 2, 8, 8)
   got = []
   for x in xs:
-    out, state = layer(jnp.asarray(x, jnp.float32), state)
+    out, state = call(layer, x, state)
     got.append(out)
   for b in range(2):
-    want = np_layer([x[b] for x in xs], *params, beta, rule, cfg.rope_theta)
+    want = np_layer([x[b].astype(np.float64) for x in xs], *params, BETA, rule, cfg.rope_theta)
     for s in range(3):
       np.testing.assert_allclose(got[s][b], want[s], rtol=2e-4, atol=2e-4)
 
@@ -94,16 +116,8 @@ def test_layer_matches_numpy_over_segments(rule):
 def test_query_gate_matches_numpy_and_varies_by_token():
   """gate="query" (beyond the paper): sigmoid(beta + q . u) per token, against the numpy layer;
   with u = 0 (its initial value) it is the paper's per-head gate."""
-  cfg = ModelConfig(d_model=32, num_heads=4, num_kv_heads=2, head_dim=8, segment_len=6,
-                    attention_impl="reference", gate="query")
-  layer = InfiniAttention(cfg, rngs=nnx.Rngs(3))
+  cfg, layer, xs, params, call = small_layer(2, gate="query")
   assert not np.asarray(layer.gate_u[...]).any()
-  beta = np.array([-2.0, -0.5, 0.7, 2.5])
-  layer.beta[...] = jnp.asarray(beta, jnp.float32)
-  rng = np.random.default_rng(2)
-  xs = [rng.normal(size=(2, 6, 32)).astype(np.float32) for _ in range(3)]
-  params = [np.asarray(w[...], np.float64) for w in (layer.w_q, layer.w_k, layer.w_v, layer.w_o)]
-  call = nnx.jit(lambda layer, *args: layer(*args))
 
   def run():
     state, outs = init_memory(2, 2, 8, 8), []
@@ -112,20 +126,41 @@ def test_query_gate_matches_numpy_and_varies_by_token():
       outs.append(np.asarray(out))
     return outs
 
-  paper = [np_layer([x[b].astype(np.float64) for x in xs], *params, beta, "linear",
+  paper = [np_layer([x[b].astype(np.float64) for x in xs], *params, BETA, "linear",
                     cfg.rope_theta) for b in range(2)]
   for s, out in enumerate(run()):                              # u = 0: the paper's layer
     for b in range(2):
       np.testing.assert_allclose(out[b], paper[b][s], rtol=2e-4, atol=2e-4)
-  u = rng.normal(size=(4, 8))
+  u = np.random.default_rng(5).normal(size=(4, 8))
   layer.gate_u[...] = jnp.asarray(u, jnp.float32)
   got = run()
   for b in range(2):
-    want = np_layer([x[b].astype(np.float64) for x in xs], *params, beta, "linear",
+    want = np_layer([x[b].astype(np.float64) for x in xs], *params, BETA, "linear",
                     cfg.rope_theta, u=u)
     for s in range(3):
       np.testing.assert_allclose(got[s][b], want[s], rtol=2e-4, atol=2e-4)
     assert np.abs(want[1] - paper[b][1]).max() > 1e-2           # the gate changed the output
+
+
+def test_two_segments_matches_numpy():
+  """local_context="two_segments" (beyond the paper): xl's local attention over the previous and
+  the current segment, the compressive memory read and written as in eqs. 7-10; the first
+  segment sees itself alone. Against the numpy layer, and unlike the paper's layer."""
+  cfg, layer, xs, params, call = small_layer(4, local_context="two_segments")
+  state = xl.WithPrevious(init_memory(2, 2, 8, 8), xl.init_prev(2, 6, 2, 8, jnp.float32))
+  got = []
+  for x in xs:
+    out, state = call(layer, x, state)
+    got.append(np.asarray(out))
+  assert np.asarray(state.prev.written).all() and float(state.memory.z.min()) > 0
+  for b in range(2):
+    rows = [x[b].astype(np.float64) for x in xs]
+    want = np_layer(rows, *params, BETA, "linear", cfg.rope_theta, two_segments=True)
+    paper = np_layer(rows, *params, BETA, "linear", cfg.rope_theta)
+    for s in range(3):
+      np.testing.assert_allclose(got[s][b], want[s], rtol=2e-4, atol=2e-4)
+    np.testing.assert_allclose(want[0], paper[0], rtol=1e-12)     # nothing before segment 1
+    assert np.abs(want[1] - paper[1]).max() > 1e-2                 # the previous segment is seen
 
 
 def test_query_gate_needs_a_memory():
@@ -137,16 +172,8 @@ def test_local_only_while_the_memory_is_empty_per_row():
   """empty_memory_gate="local_only": the local path alone while a row's memory is empty, eq. 10
   after; one row's memory is kept empty through its first segment (write weight 0), so the two
   rows of one batch are in different states at the second segment. Training and decoding paths."""
-  cfg = ModelConfig(d_model=32, num_heads=4, num_kv_heads=2, head_dim=8, segment_len=6,
-                    attention_impl="reference", empty_memory_gate="local_only")
-  layer = InfiniAttention(cfg, rngs=nnx.Rngs(3))
-  beta = np.array([-2.0, -0.5, 0.7, 2.5])
-  layer.beta[...] = jnp.asarray(beta, jnp.float32)
-  rng = np.random.default_rng(1)
-  xs = [rng.normal(size=(2, 6, 32)).astype(np.float32) for _ in range(3)]
-  params = [np.asarray(w[...], np.float64) for w in (layer.w_q, layer.w_k, layer.w_v, layer.w_o)]
+  cfg, layer, xs, params, call = small_layer(1, empty_memory_gate="local_only")
   weights = [np.float32([[0] * 6, [1] * 6])] + [np.ones((2, 6), np.float32)] * 2  # row 0: no write
-  call = nnx.jit(lambda layer, *args: layer(*args))   # numpy in, compiled: eager ops cost seconds
   empty = init_memory(2, 2, 8, 8)
 
   def run(layer):
@@ -159,7 +186,7 @@ def test_local_only_while_the_memory_is_empty_per_row():
   got = [np.asarray(out) for out in run(layer)[0]]
   rows = [[x[b].astype(np.float64) for x in xs] for b in range(2)]
   ref = functools.partial(np_layer, wq=params[0], wk=params[1], wv=params[2], wo=params[3],
-                          beta=beta, rule="linear", theta=cfg.rope_theta)
+                          beta=BETA, rule="linear", theta=cfg.rope_theta)
   want_row0 = (ref(rows[0][:1], empty_memory_gate="local_only")
                + ref(rows[0][1:], empty_memory_gate="local_only"))
   want_row1 = ref(rows[1], empty_memory_gate="local_only")

@@ -7,6 +7,7 @@ import pytest
 from flax import nnx
 
 from infini_jax import decode
+from infini_jax.evals import state
 from infini_jax.errors import UserError
 from infini_jax.model import InfiniTransformer, ModelConfig
 from infini_jax.model import xl
@@ -83,13 +84,20 @@ def test_no_gradient_reaches_the_previous_segment():
   assert float(jnp.abs(grad_k).max()) == 0.0 and float(jnp.abs(grad_v).max()) == 0.0
 
 
-def test_model_streams_and_has_the_parameters_of_none():
-  model = InfiniTransformer(CFG, rngs=nnx.Rngs(0))
-  tokens = jax.random.randint(jax.random.key(1), (2, 4 * N), 0, CFG.vocab_size)
+def streamed(model):
+  """Four segments of random tokens read at once and in two calls, the state passed between:
+  asserts that the logits agree; returns (tokens, logits, the state after them)."""
+  tokens = jax.random.randint(jax.random.key(1), (2, 4 * N), 0, model.cfg.vocab_size)
   logits, memory = model(tokens)
   first, carried = model(tokens[:, :2 * N])
   rest, _ = model(tokens[:, 2 * N:], carried)
   np.testing.assert_allclose(jnp.concatenate([first, rest], 1), logits, atol=1e-5, rtol=1e-5)
+  return tokens, logits, memory
+
+
+def test_model_streams_and_has_the_parameters_of_none():
+  model = InfiniTransformer(CFG, rngs=nnx.Rngs(0))
+  tokens, logits, memory = streamed(model)
   assert len(memory) == CFG.num_layers and memory[0].k.shape == (2, N, 2, CFG.dim_per_head)
   none = InfiniTransformer(ModelConfig(**dict(CFG.__dict__, memory="none")), rngs=nnx.Rngs(0))
   count = lambda m: sum(x.size for x in jax.tree.leaves(nnx.state(m, nnx.Param)))
@@ -104,3 +112,29 @@ def test_decoding_xl_is_a_clear_error():
   model = InfiniTransformer(CFG, rngs=nnx.Rngs(0))
   with pytest.raises(UserError, match='not implemented for memory="xl"'):
     decode.prefill(model, jnp.zeros((1, N), jnp.int32))
+
+
+def test_infini_with_two_segments_streams_and_carries_both_states():
+  """local_context="two_segments" (beyond the paper): the memory and xl's previous segment are
+  carried together; fed in pieces it gives the same logits; its state per sequence is both; the
+  parameters are the paper's model's; decoding refuses it by name."""
+  cfg = ModelConfig(**dict(CFG.__dict__, memory="infini", local_context="two_segments"))
+  model = InfiniTransformer(cfg, rngs=nnx.Rngs(0))
+  tokens, logits, memory = streamed(model)
+  assert isinstance(memory[0], xl.WithPrevious) and memory[0].prev.k.shape == (2, N, 2, cfg.dim_per_head)
+  assert memory[0].memory.M.dtype == jnp.float32 and float(memory[0].memory.z.min()) > 0
+  paper = InfiniTransformer(ModelConfig(**dict(cfg.__dict__, local_context="segment")),
+                            rngs=nnx.Rngs(0))
+  count = lambda m: sum(x.size for x in jax.tree.leaves(nnx.state(m, nnx.Param)))
+  assert count(model) == count(paper)
+  assert not np.allclose(paper(tokens)[0][:, N:], logits[:, N:], atol=1e-3)   # segments 2+ differ
+  d, layers = cfg.dim_per_head, cfg.num_layers
+  assert cfg.memory_state_size() == layers * 2 * (d * (d + 1) + 2 * N * d)
+  assert state.state_per_sequence(cfg)["carried"]["bytes"] == 4 * cfg.memory_state_size()
+  with pytest.raises(UserError, match='not implemented for local_context="two_segments"'):
+    decode.prefill(model, jnp.zeros((1, N), jnp.int32))
+
+
+def test_two_segments_is_an_option_of_infini():
+  with pytest.raises(UserError, match='local_context=.two_segments. is an option of memory="infini"'):
+    ModelConfig(memory="xl", local_context="two_segments")

@@ -108,13 +108,16 @@ def model_name(model, step_number: int, segment_len: int | None = None) -> str:
   """E.g. "infini/linear@1000", "xl@1000"; "none/seg2048@1000" for a model whose segments are
   not ``segment_len`` long (full attention beside a model of shorter segments);
   "infini/linear/local_only@1000" with ``empty_memory_gate="local_only"``,
-  "infini/linear/query_gate@1000" with ``gate="query"``."""
+  "infini/linear/query_gate@1000" with ``gate="query"``, "infini/linear/two_segments@1000" with
+  ``local_context="two_segments"``."""
   cfg = model.cfg
   memory = f"{cfg.memory}/{cfg.update_rule}" if cfg.memory == "infini" else cfg.memory
   if cfg.memory == "infini" and cfg.empty_memory_gate != "paper":
     memory += f"/{cfg.empty_memory_gate}"
   if cfg.memory == "infini" and cfg.gate != "head":
     memory += f"/{cfg.gate}_gate"
+  if cfg.memory == "infini" and cfg.local_context != "segment":
+    memory += f"/{cfg.local_context}"
   if segment_len is not None and cfg.segment_len != segment_len:
     memory += f"/seg{cfg.segment_len}"
   return f"{memory}@{step_number}"

@@ -284,6 +284,9 @@ def _table(cfg: ModelConfig) -> list:
   if cfg.gate != "head":
     raise UserError(f'the Hugging Face layout holds one gate per head (ModelConfig.gate="head"), '
                     f'not gate={cfg.gate!r}; set ModelConfig.gate="head" to read or write it')
+  if cfg.local_context != "segment":   # its config.json would not say so: refuse, not mislead
+    raise UserError(f'the Hugging Face export describes the paper\'s local attention, not '
+                    f'local_context={cfg.local_context!r}; set ModelConfig.local_context="segment"')
   layer = "model.layers.{i}."
   table = [_Tensor(("embed", "embedding"), "model.embed_tokens.weight", "copy"),
            _Tensor(("final_norm", "scale"), "model.norm.weight", "copy")]

@@ -263,8 +263,8 @@ class InfiniAttention(nnx.Module):
     Training passes no ``cache``: ``x`` is a whole segment (t = segment_len), attended to causally
     and written into the memory, each token weighted by ``write_weight [b, t]`` (None: ones; see
     ``memory.update``; with ``memory="xl"``, tokens of weight 0 are not handed to the next
-    segment). The memory is a ``memory.Memory`` (infini), an ``xl.PrevSegment`` (xl) or None
-    (none).
+    segment). The memory is a ``memory.Memory`` (infini), an ``xl.PrevSegment`` (xl), an
+    ``xl.WithPrevious`` (infini with ``local_context="two_segments"``) or None (none).
 
     Decoding passes the current segment's ``cache`` and ``pos [b]``, the place in the segment of
     ``x``'s first token, and gets ``(out, memory, cache)`` back: ``x`` attends to the cache and to
@@ -279,6 +279,11 @@ class InfiniAttention(nnx.Module):
     if cfg.memory == "xl":   # decoding refuses xl models (decode.init_state)
       attended, memory = xl.xl_attention(q, k, v, memory, self.rotate, write_weight)
       return self.output(attended, q, None), memory
+    if cfg.local_context == "two_segments":   # beyond the paper; decoding refuses it too
+      local, prev = xl.xl_attention(q, k, v, memory.prev, self.rotate, write_weight)
+      out = self.output(local, q, memory.memory)
+      written = mem.update(memory.memory, k, v, cfg.update_rule, write_weight)
+      return out, xl.WithPrevious(written, prev)
     if cache is None or x.shape[1] == cfg.segment_len:
       # RoPE on the local path only: the memory reads and writes the un-rotated q, k.
       local = local_attention(self.rotate(q), self.rotate(k), v, cfg.attention_impl)

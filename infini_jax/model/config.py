@@ -9,6 +9,7 @@ from infini_jax.errors import UserError
 MEMORY_KINDS = ("infini", "none", "xl")
 EMPTY_MEMORY_GATES = ("paper", "local_only")
 GATES = ("head", "query")
+LOCAL_CONTEXTS = ("segment", "two_segments")
 REMAT_POLICIES = ("segment", "segment_and_layer", "save_dots", "none")
 ATTENTION_IMPLS = ("auto", "xla", "blocked", "cudnn", "splash", "reference")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -41,6 +42,9 @@ class ModelConfig:
       (beyond the paper: beta + q . u per token, with the head's raw query q and a learned
       ``u [heads, head_dim]`` that starts at zero, so the model starts as the paper's; a head may
       then read its memory at some positions and not at others). memory="infini" only.
+    local_context: "segment" (eq. 6: the local attention sees its own segment) or "two_segments"
+      (beyond the paper: it also sees the previous segment's keys and values, as memory="xl" does,
+      with no gradient into them; the memory still holds everything before). memory="infini" only.
     remat: "segment" (recompute each segment in the backward pass), "segment_and_layer" (also each
       layer inside it), "save_dots" (recompute each segment but keep the outputs of all its matmuls:
       the backward pass recomputes elementwise work only; activation memory then grows with the
@@ -76,6 +80,7 @@ class ModelConfig:
   gate_init: float = 0.0
   empty_memory_gate: str = "paper"
   gate: str = "head"
+  local_context: str = "segment"
   remat: str = "segment"
   scan_layers: bool = True
   attention_impl: str = "auto"
@@ -103,6 +108,11 @@ class ModelConfig:
     if self.gate != "head" and self.memory != "infini":
       raise UserError(f'ModelConfig.gate={self.gate!r} gates a compressive memory, but memory='
                       f'{self.memory!r} has none; set gate="head" or memory="infini"')
+    one_of("local_context", self.local_context, LOCAL_CONTEXTS)
+    if self.local_context != "segment" and self.memory != "infini":
+      raise UserError(f'ModelConfig.local_context={self.local_context!r} is an option of '
+                      f'memory="infini" (memory={self.memory!r}); set local_context="segment" '
+                      f'(memory="xl" is the previous segment alone)')
     one_of("remat", self.remat, REMAT_POLICIES)
     one_of("attention_impl", self.attention_impl, ATTENTION_IMPLS)
     one_of("dtype", self.dtype, tuple(DTYPES))
@@ -146,12 +156,20 @@ class ModelConfig:
   def memory_state_size(self) -> int:
     """Numbers carried from one segment to the next, per sequence.
 
-    infini: M and z, d_key x (d_value + 1) x H_kv x L; xl: one segment of keys and values,
+    infini: M and z, d_key x (d_value + 1) x H_kv x L (with local_context="two_segments" also
+    the previous segment's keys and values); xl: one segment of keys and values,
     2 x N x H_kv x d x L; none: 0.
     """
-    d, per_layer = self.dim_per_head, self.num_kv_heads * self.num_layers
-    if self.memory == "infini":
-      return d * (d + 1) * per_layer
-    if self.memory == "xl":
-      return 2 * self.segment_len * d * per_layer
+    return self.compressive_state_size() + self.previous_segment_size()
+
+  def compressive_state_size(self) -> int:
+    """M and z per sequence (float32): d_key x (d_value + 1) x H_kv x L; 0 without them."""
+    d = self.dim_per_head
+    return d * (d + 1) * self.num_kv_heads * self.num_layers if self.memory == "infini" else 0
+
+  def previous_segment_size(self) -> int:
+    """The previous segment's keys and values per sequence (compute dtype), 2 x N x H_kv x d x L,
+    for memory="xl" and local_context="two_segments"; else 0."""
+    if self.memory == "xl" or self.local_context == "two_segments":
+      return 2 * self.segment_len * self.dim_per_head * self.num_kv_heads * self.num_layers
     return 0

@@ -80,15 +80,19 @@ class InfiniTransformer(nnx.Module):
 
   def init_memory(self, batch: int) -> LayerMemories:
     """An empty memory for every layer: a tuple of ``num_layers`` float32 :class:`Memory`
-    (``xl.PrevSegment`` in the compute dtype for ``memory="xl"``)."""
+    (``xl.PrevSegment`` in the compute dtype for ``memory="xl"``, both in an ``xl.WithPrevious``
+    for ``local_context="two_segments"``)."""
     cfg = self.cfg
     if cfg.memory == "none":
       return ()
     d = cfg.dim_per_head
+    prev = lambda: xl.init_prev(batch, cfg.segment_len, cfg.num_kv_heads, d, cfg.compute_dtype)
     if cfg.memory == "xl":
-      return tuple(xl.init_prev(batch, cfg.segment_len, cfg.num_kv_heads, d, cfg.compute_dtype)
-                   for _ in range(cfg.num_layers))
-    return tuple(mem.init_memory(batch, cfg.num_kv_heads, d, d) for _ in range(cfg.num_layers))
+      return tuple(prev() for _ in range(cfg.num_layers))
+    memory = lambda: mem.init_memory(batch, cfg.num_kv_heads, d, d)
+    if cfg.local_context == "two_segments":
+      return tuple(xl.WithPrevious(memory(), prev()) for _ in range(cfg.num_layers))
+    return tuple(memory() for _ in range(cfg.num_layers))
 
   def unembedding(self) -> jax.Array:
     """The output projection ``[d_model, vocab]`` float32 (the embedding transposed when tied)."""
@@ -151,6 +155,8 @@ def constrain_memory(memory: mem.Memory | None) -> mem.Memory | None:
   """
   if memory is None:
     return None
+  if isinstance(memory, xl.WithPrevious):
+    return xl.WithPrevious(constrain_memory(memory.memory), constrain_memory(memory.prev))
   if isinstance(memory, xl.PrevSegment):
     kv = ("layers", "batch", "seq", "kv_heads", "head_dim")
     return xl.PrevSegment(constrain(memory.k, kv), constrain(memory.v, kv),

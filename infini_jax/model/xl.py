@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from infini_jax import memory as mem
 from infini_jax.model.layers import masked_attention
 
 
@@ -29,6 +30,14 @@ class PrevSegment(NamedTuple):
   k: jax.Array
   v: jax.Array
   written: jax.Array
+
+
+class WithPrevious(NamedTuple):
+  """One layer's carry with ``local_context="two_segments"`` (beyond the paper): the compressive
+  memory and the previous segment that the local attention also sees."""
+
+  memory: "mem.Memory"
+  prev: PrevSegment
 
 
 def init_prev(batch: int, segment_len: int, kv_heads: int, head_dim: int, dtype) -> PrevSegment:
