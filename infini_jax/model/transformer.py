@@ -5,7 +5,8 @@ state. Inside one segment step the layer stack runs as a second scan over stacke
 so compile time depends neither on the number of segments nor on depth.
 
 Memory formats: callers see a tuple with one :class:`memory.Memory` per layer (``()`` for the
-``memory="none"`` baseline, one ``xl.PrevSegment`` per layer for ``memory="xl"``); inside the scans
+``memory="none"`` baseline, one ``xl.PrevSegment`` per layer for ``memory="xl"``, one
+``xl.WithPrevious`` per layer for ``local_context="two_segments"``); inside the scans
 it is one such tuple whose arrays have a leading ``layers`` axis.
 """
 

@@ -36,7 +36,7 @@ class WithPrevious(NamedTuple):
   """One layer's carry with ``local_context="two_segments"`` (beyond the paper): the compressive
   memory and the previous segment that the local attention also sees."""
 
-  memory: "mem.Memory"
+  memory: mem.Memory
   prev: PrevSegment
 
 
