@@ -13,7 +13,7 @@ from infini_jax.training import step
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODELS = ("infini_linear", "infini_delta", "none", "xl", "full", "infini_linear_local_first",
           "infini_linear_closed_gate", "infini_delta_closed_gate", "infini_linear_query_gate",
-          "infini_linear_two_segments")
+          "infini_linear_two_segments", "infini_linear_two_segments_closed_gate")
 
 
 def parameters(cfg) -> int:
@@ -29,13 +29,13 @@ def test_the_models_of_a_corpus_match_in_parameters_and_tokens(corpus):
   assert kinds["infini_linear"] == ("infini", "linear") and kinds["infini_delta"] == ("infini", "delta")
   assert (kinds["infini_linear_local_first"] == kinds["infini_linear_closed_gate"]
           == kinds["infini_linear_query_gate"] == kinds["infini_linear_two_segments"]
-          == ("infini", "linear"))
+          == kinds["infini_linear_two_segments_closed_gate"] == ("infini", "linear"))
   assert kinds["infini_delta_closed_gate"] == ("infini", "delta")
   assert [c.model.empty_memory_gate for c in configs.values()] == (
-      ["paper"] * 5 + ["local_only", "paper", "paper", "paper", "paper"])
-  assert [c.model.gate_init for c in configs.values()] == [0.0] * 6 + [-3.0, -3.0, 0.0, 0.0]
-  assert [c.model.gate for c in configs.values()] == ["head"] * 8 + ["query", "head"]
-  assert [c.model.local_context for c in configs.values()] == ["segment"] * 9 + ["two_segments"]
+      ["paper"] * 5 + ["local_only"] + ["paper"] * 5)
+  assert [c.model.gate_init for c in configs.values()] == [0.0] * 6 + [-3.0, -3.0, 0.0, 0.0, -3.0]
+  assert [c.model.gate for c in configs.values()] == ["head"] * 8 + ["query", "head", "head"]
+  assert [c.model.local_context for c in configs.values()] == ["segment"] * 9 + ["two_segments"] * 2
   assert [kinds[m][0] for m in ("none", "xl", "full")] == ["none", "xl", "none"]
   counts = {m: parameters(c.model) for m, c in configs.items()}
   assert max(counts.values()) <= 1.01 * min(counts.values()), counts
@@ -51,4 +51,5 @@ def test_the_models_of_a_corpus_match_in_parameters_and_tokens(corpus):
   carried = {m: state.state_per_sequence(c.model)["carried"]["bytes"] for m, c in configs.items()}
   cache = state.state_per_sequence(configs["full"].model)["cache"]["bytes"]
   assert carried["none"] == 0 < carried["infini_linear"] < carried["xl"] < cache
-  assert carried["infini_linear_two_segments"] == carried["infini_linear"] + carried["xl"]
+  assert (carried["infini_linear_two_segments"] == carried["infini_linear_two_segments_closed_gate"]
+          == carried["infini_linear"] + carried["xl"])
