@@ -155,32 +155,37 @@ def test_run_in_a_bucket_killed_and_resumed_keeps_everything_there(gcs, tmp_path
   from tensorboardX.proto import event_pb2
   env, fs = gcs
   run = f"{BUCKET}/run"
-  flags = ["--gin.TRAIN_STEPS=10", "--gin.train.checkpoint_every=3"]
+  # 30 steps: after the saves at 3 and 6 are seen, 24 steps and 8 saves are left before the run
+  # would end on its own (with 10 a run once finished while the bucket was being listed).
+  flags = ["--gin.TRAIN_STEPS=30", "--gin.train.checkpoint_every=3"]
   proc = run_train(f"gs://{run}", *flags, env=env, cwd=tmp_path, wait=False)
   # In a bucket orbax writes the step folder in place and commits it with this marker.
   committed = {f"{run}/checkpoints/{s}/commit_success.txt" for s in (3, 6)}
   deadline = time.time() + 300
   while time.time() < deadline and proc.poll() is None and not committed <= _objects(fs, run):
     time.sleep(0.5)
+  assert proc.poll() is None, "the run ended before it was killed: give it more steps"
   proc.send_signal(signal.SIGKILL)
   out = proc.communicate()[0]
   assert f"{run}/checkpoints/3/commit_success.txt" in _objects(fs, run), \
       f"killed before its first checkpoint:\n{out[-3000:]}"
   resumed = run_train(f"gs://{run}", *flags, env=env, cwd=tmp_path)
-  first = int(re.search(r"^step\s+(\d+)", resumed.stdout, re.M).group(1))
+  logged = re.search(r"^step\s+(\d+)", resumed.stdout, re.M)
+  assert logged, f"the resumed run logged no step:\n{resumed.stdout[-2000:]}"
+  first = int(logged.group(1))
   assert first > 3, f"did not resume from a checkpoint in the bucket:\n{resumed.stdout[-2000:]}"
 
   files = {f[len(run) + 1:] for f in _objects(fs, run)}
-  assert {"config.gin", "metrics.jsonl", "checkpoints/10/commit_success.txt"} <= files, files
-  assert "TRAIN_STEPS = 10" in fs.cat(f"{run}/config.gin").decode()
+  assert {"config.gin", "metrics.jsonl", "checkpoints/30/commit_success.txt"} <= files, files
+  assert "TRAIN_STEPS = 30" in fs.cat(f"{run}/config.gin").decode()
   rows = [json.loads(line) for line in fs.cat(f"{run}/metrics.jsonl").decode().splitlines()]
   # The killed run's lines were uploaded as logged and the resumed run appended to them.
-  assert sorted({r["step"] for r in rows if r.get("kind") == "train"}) == list(range(1, 11))
+  assert sorted({r["step"] for r in rows if r.get("kind") == "train"}) == list(range(1, 31))
   events = sorted(f for f in files if f.startswith("tensorboard/events.out.tfevents."))
   assert len(events) == 2, files   # one per run, each a whole file of records
   steps = [{e.step for e in map(event_pb2.Event.FromString, _records(fs.cat(f"{run}/{name}")))
             for v in e.summary.value if v.tag == "train/loss"} for name in events]
   # The resumed run closed its file: all its steps. The killed one had uploaded its file at the
   # first flush, then at most every TENSORBOARD_UPLOAD_S (60 s): what came after is lost.
-  assert steps[1] == set(range(first, 11)), steps
+  assert steps[1] == set(range(first, 31)), steps
   assert os.listdir(tmp_path) == [], "the run wrote into its working directory (a 'gs:' folder?)"
