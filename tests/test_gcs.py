@@ -156,7 +156,8 @@ def test_run_in_a_bucket_killed_and_resumed_keeps_everything_there(gcs, tmp_path
   env, fs = gcs
   run = f"{BUCKET}/run"
   # 30 steps: after the saves at 3 and 6 are seen, 24 steps and 8 saves are left before the run
-  # would end on its own (with 10 a run once finished while the bucket was being listed).
+  # would end on its own (with 10, a run was once killed only after saving its last step, and the
+  # resumed run had nothing left to do).
   flags = ["--gin.TRAIN_STEPS=30", "--gin.train.checkpoint_every=3"]
   proc = run_train(f"gs://{run}", *flags, env=env, cwd=tmp_path, wait=False)
   # In a bucket orbax writes the step folder in place and commits it with this marker.
