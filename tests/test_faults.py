@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pytest
 
-from test_train import SMOKE, free_port, losses, run_train
+from test_train import SMOKE, free_port, kill_when, losses, run_train
 
 STEPS = ["--gin.TRAIN_STEPS=10", "--gin.train.checkpoint_every=2"]
 
@@ -130,19 +130,10 @@ def test_guard_flags_non_finite_metrics_and_spikes():
 # ---------------------------------------------------------------------------------------------
 # Processes killed
 
-def _kill_when(proc, ready, what):
-  deadline = time.time() + 300
-  while time.time() < deadline and not ready() and proc.poll() is None:
-    time.sleep(0.01)
-  assert proc.poll() is None, f"the run ended before {what}"
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
-
-
 def test_sigkill_before_the_first_checkpoint(tmp_path, straight):
   run = tmp_path / "run"
   proc = run_train(run, *STEPS, wait=False)
-  _kill_when(proc, lambda: (run / "metrics.jsonl").exists(), "its first logged step")
+  kill_when(proc, lambda: (run / "metrics.jsonl").exists(), "its first logged step")
   assert saved_steps(run) == []
   assert_resumes_bit_exact(run, straight)
 
@@ -150,7 +141,7 @@ def test_sigkill_before_the_first_checkpoint(tmp_path, straight):
 def test_sigkill_during_an_async_save(tmp_path, straight):
   run = tmp_path / "run"
   proc = run_train(run, *STEPS, "--gin.train.log_every=1", wait=False)
-  _kill_when(proc, lambda: glob.glob(str(run / "checkpoints" / "*orbax-checkpoint-tmp*")),
+  kill_when(proc, lambda: glob.glob(str(run / "checkpoints" / "*orbax-checkpoint-tmp*")),
              "a save started")
   assert_resumes_bit_exact(run, straight)
 

@@ -32,6 +32,17 @@ def run_train(model_dir, *bindings, devices=1, env=None, entry="train", check=Tr
   return proc
 
 
+def kill_when(proc, ready, what):
+  """SIGKILLs a run started with ``run_train(..., wait=False)`` once ``ready()``; fails if the
+  run ended first."""
+  deadline = time.time() + 300
+  while time.time() < deadline and not ready() and proc.poll() is None:
+    time.sleep(0.01)
+  assert proc.poll() is None, f"the run ended before {what}"
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+
+
 def losses(model_dir):
   """step -> train loss from metrics.jsonl (a resumed run appends; later lines win)."""
   out = {}
@@ -146,21 +157,20 @@ def test_two_processes_agree_with_one(tmp_path):
 # checkpoints
 
 def test_resume_after_kill_is_bit_exact(tmp_path):
-  steps = ["--gin.TRAIN_STEPS=10", "--gin.train.checkpoint_every=3"]
+  # 30 steps, every save kept: once 3 and 6 are seen, 24 steps are left before the run ends (with
+  # 10 steps and the last 3 saves kept, step 3 was once deleted before it was seen with 6).
+  steps = ["--gin.TRAIN_STEPS=30", "--gin.train.checkpoint_every=3",
+           "--gin.train.keep_checkpoints=10"]
   run_train(tmp_path / "straight", *steps)
   proc = run_train(tmp_path / "killed", *steps, "--gin.train.log_every=1", wait=False)
   ckpts = tmp_path / "killed" / "checkpoints"
-  deadline = time.time() + 300
   # Both saves finalised (seen once: "6" on disk while "3" was not yet), then kill.
-  while time.time() < deadline and not all(glob.glob(str(ckpts / s)) for s in ("3", "6")):
-    time.sleep(0.2)
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
+  kill_when(proc, lambda: all(glob.glob(str(ckpts / s)) for s in ("3", "6")), "saves 3 and 6")
   assert glob.glob(str(ckpts / "3")), "the run was killed before its first checkpoint"
   run_train(tmp_path / "killed", *steps)
   straight, killed = losses(tmp_path / "straight"), losses(tmp_path / "killed")
-  assert sorted(killed) == list(range(1, 11))
-  for s in range(1, 11):
+  assert sorted(killed) == list(range(1, 31))
+  for s in range(1, 31):
     assert killed[s] == straight[s], f"step {s}: {killed[s]!r} != {straight[s]!r}"
 
 
