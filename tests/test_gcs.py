@@ -8,13 +8,11 @@ the bucket back with gcsfs' core client, not with the code under test.
 import json
 import os
 import re
-import signal
 import socket
 import struct
-import time
 
 import pytest
-from test_train import run_train
+from test_train import kill_when, run_train
 
 BUCKET = "bucket"
 
@@ -157,19 +155,16 @@ def test_run_in_a_bucket_killed_and_resumed_keeps_everything_there(gcs, tmp_path
   run = f"{BUCKET}/run"
   # 30 steps: after the saves at 3 and 6 are seen, 24 steps and 8 saves are left before the run
   # would end on its own (with 10, a run was once killed only after saving its last step, and the
-  # resumed run had nothing left to do).
-  flags = ["--gin.TRAIN_STEPS=30", "--gin.train.checkpoint_every=3"]
+  # resumed run had nothing left to do). Every save is kept, so step 3 is still there when the
+  # listing sees step 6.
+  flags = ["--gin.TRAIN_STEPS=30", "--gin.train.checkpoint_every=3",
+           "--gin.train.keep_checkpoints=10"]
   proc = run_train(f"gs://{run}", *flags, env=env, cwd=tmp_path, wait=False)
   # In a bucket orbax writes the step folder in place and commits it with this marker.
   committed = {f"{run}/checkpoints/{s}/commit_success.txt" for s in (3, 6)}
-  deadline = time.time() + 300
-  while time.time() < deadline and proc.poll() is None and not committed <= _objects(fs, run):
-    time.sleep(0.5)
-  assert proc.poll() is None, "the run ended before it was killed: give it more steps"
-  proc.send_signal(signal.SIGKILL)
-  out = proc.communicate()[0]
+  kill_when(proc, lambda: committed <= _objects(fs, run), "its checkpoints at steps 3 and 6")
   assert f"{run}/checkpoints/3/commit_success.txt" in _objects(fs, run), \
-      f"killed before its first checkpoint:\n{out[-3000:]}"
+      f"killed before its first checkpoint:\n{proc.stdout.read()[-3000:]}"
   resumed = run_train(f"gs://{run}", *flags, env=env, cwd=tmp_path)
   logged = re.search(r"^step\s+(\d+)", resumed.stdout, re.M)
   assert logged, f"the resumed run logged no step:\n{resumed.stdout[-2000:]}"
