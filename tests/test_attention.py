@@ -29,14 +29,14 @@ def np_sigma(x):
 
 
 def np_layer(x_segments, wq, wk, wv, wo, beta, rule, theta, empty_memory_gate="paper", u=None,
-             two_segments=False):
+             previous=0):
   """Per head h, kv head h // G: local softmax with RoPE + memory read/write without PE, gated.
 
   empty_memory_gate="local_only": a head whose memory is still empty (z = 0) gives its local
   result alone (gate 0). ``u [heads, d]`` (gate="query"): token t's gate is
-  sigmoid(beta[h] + q[t, h] . u[h]) with the raw query. ``two_segments``: the local softmax also
-  sees all of the previous segment's keys and values (none for the first), RoPE over both
-  segments at 0..2n-1 with the queries at n..2n-1."""
+  sigmoid(beta[h] + q[t, h] . u[h]) with the raw query. ``previous`` = m > 0 (local_context=
+  "two_segments"): the local softmax also sees the previous segment's last m keys and values (none
+  for the first segment), RoPE over both at 0..m+n-1 with the queries at m..m+n-1."""
   d_model, heads, d = wq.shape
   kv_heads = wk.shape[1]
   group = heads // kv_heads
@@ -52,10 +52,11 @@ def np_layer(x_segments, wq, wk, wv, wo, beta, rule, theta, empty_memory_gate="p
     heads_out = np.zeros((n, heads, d))
     for h in range(heads):
       j = h // group
-      if two_segments and prev_k is not None:
-        keys, values = np.concatenate([prev_k[:, j], k[:, j]]), np.concatenate([prev_v[:, j], v[:, j]])
-        qr = np_rope(np.concatenate([np.zeros((n, d)), q[:, h]]), theta)[n:]
-        visible = np.concatenate([np.ones((n, n), bool), np.tril(np.ones((n, n), bool))], 1)
+      if previous and prev_k is not None:
+        keys = np.concatenate([prev_k[-previous:, j], k[:, j]])
+        values = np.concatenate([prev_v[-previous:, j], v[:, j]])
+        qr = np_rope(np.concatenate([np.zeros((previous, d)), q[:, h]]), theta)[previous:]
+        visible = np.concatenate([np.ones((n, previous), bool), np.tril(np.ones((n, n), bool))], 1)
       else:
         keys, values, qr = k[:, j], v[:, j], np_rope(q[:, h], theta)
         visible = np.tril(np.ones((n, n), bool))
@@ -142,20 +143,28 @@ def test_query_gate_matches_numpy_and_varies_by_token():
     assert np.abs(want[1] - paper[b][1]).max() > 1e-2           # the gate changed the output
 
 
-def test_two_segments_matches_numpy():
-  """local_context="two_segments" (beyond the paper): xl's local attention over the previous and
-  the current segment, the compressive memory read and written as in eqs. 7-10; the first
-  segment sees itself alone. Against the numpy layer, and unlike the paper's layer."""
-  cfg, layer, xs, params, call = small_layer(4, local_context="two_segments")
-  state = xl.WithPrevious(init_memory(2, 2, 8, 8), xl.init_prev(2, 6, 2, 8, jnp.float32))
+@pytest.mark.parametrize("previous_len", [None, 2])
+def test_two_segments_matches_numpy(previous_len):
+  """local_context="two_segments" (beyond the paper): xl's local attention over the previous
+  segment (all 6 tokens, or its last previous_len) and the current one, the compressive memory read
+  and written as in eqs. 7-10; the first segment sees itself alone. Against the numpy layer, and
+  unlike the paper's layer."""
+  cfg, layer, xs, params, call = small_layer(4, local_context="two_segments",
+                                             previous_len=previous_len)
+  carried = cfg.carried_len
+  assert carried == (previous_len or 6)
+  state = xl.WithPrevious(init_memory(2, 2, 8, 8), xl.init_prev(2, carried, 2, 8, jnp.float32))
   got = []
   for x in xs:
     out, state = call(layer, x, state)
     got.append(np.asarray(out))
+  # carried on: the last segment's last `carried` raw keys
+  last_keys = np.einsum("bnd,dhk->bnhk", xs[2], params[1])[:, -carried:]
+  np.testing.assert_allclose(state.prev.k, last_keys, rtol=1e-4, atol=1e-5)
   assert np.asarray(state.prev.written).all() and float(state.memory.z.min()) > 0
   for b in range(2):
     rows = [x[b].astype(np.float64) for x in xs]
-    want = np_layer(rows, *params, BETA, "linear", cfg.rope_theta, two_segments=True)
+    want = np_layer(rows, *params, BETA, "linear", cfg.rope_theta, previous=carried)
     paper = np_layer(rows, *params, BETA, "linear", cfg.rope_theta)
     for s in range(3):
       np.testing.assert_allclose(got[s][b], want[s], rtol=2e-4, atol=2e-4)

@@ -169,4 +169,7 @@ def test_model_names_tell_the_segment_1_option_and_full_attention_apart():
   assert name(segment_len=SEG) == "infini/linear@7"
   assert name(segment_len=SEG, empty_memory_gate="local_only") == "infini/linear/local_only@7"
   assert name(segment_len=SEG, gate="query") == "infini/linear/query_gate@7"
+  assert name(segment_len=SEG, memory="xl", previous_len=2) == "xl/previous2@7"
+  assert (name(segment_len=SEG, update_rule="delta", local_context="two_segments", previous_len=2)
+          == "infini/delta/two_segments/previous2@7")
   assert name(segment_len=4 * SEG, memory="none") == f"none/seg{4 * SEG}@7"

@@ -45,8 +45,9 @@ def nll_per_segment_alone(model, b):
   return np.asarray(nll).reshape(2, SEGMENTS, N).sum((0, 2))
 
 
-@pytest.mark.parametrize("memory, changes", [("infini", {}), ("xl", {}),
-                                             ("infini", {"local_context": "two_segments"})])
+@pytest.mark.parametrize("memory, changes", [
+    ("infini", {}), ("xl", {}), ("infini", {"local_context": "two_segments"}),
+    ("infini", {"local_context": "two_segments", "previous_len": 2})])
 def test_knockout_reads_every_segment_from_an_empty_memory(memory, changes):
   model, b = model_of(memory, **changes), batch()
   normal = ppl.bucket_sums(model, b, N)["nll"]

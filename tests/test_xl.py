@@ -28,18 +28,19 @@ def np_rope(x, positions, theta=10_000.0):
   return np.concatenate([a * cos - b * sin, b * cos + a * sin], axis=-1)
 
 
-def np_xl_layer(attn, x1, x2):
-  """Segment 2's attention output: queries at 0..N-1 over [segment 1 at -N..-1; segment 2]."""
+def np_xl_layer(attn, x1, x2, m=N):
+  """Segment 2's attention output: queries at 0..N-1 over [segment 1's last m at -m..-1;
+  segment 2]."""
   w = {name: np.asarray(getattr(attn, "w_" + name)[...], np.float64) for name in "qkvo"}
   proj = lambda x, name: np.einsum("bnd,dhk->bnhk", x, w[name])
   q = np_rope(proj(x2, "q"), np.arange(N))
-  keys = np.concatenate([np_rope(proj(x1, "k"), np.arange(-N, 0)),
+  keys = np.concatenate([np_rope(proj(x1, "k")[:, N - m:], np.arange(-m, 0)),
                          np_rope(proj(x2, "k"), np.arange(N))], axis=1)
-  values = np.concatenate([proj(x1, "v"), proj(x2, "v")], axis=1)
+  values = np.concatenate([proj(x1, "v")[:, N - m:], proj(x2, "v")], axis=1)
   group = CFG.num_heads // CFG.num_kv_heads
   keys, values = np.repeat(keys, group, axis=2), np.repeat(values, group, axis=2)
   scores = np.einsum("bqhd,bkhd->bhqk", q, keys) / np.sqrt(q.shape[-1])
-  visible = np.arange(2 * N)[None, :] <= np.arange(N)[:, None] + N          # [N, 2N]
+  visible = np.arange(m + N)[None, :] <= np.arange(N)[:, None] + m          # [N, m + N]
   scores = np.where(visible, scores, -np.inf)
   weights = np.exp(scores - scores.max(-1, keepdims=True))
   weights /= weights.sum(-1, keepdims=True)
@@ -47,13 +48,18 @@ def np_xl_layer(attn, x1, x2):
   return np.einsum("bnhk,hkd->bnd", out, w["o"])
 
 
-def test_second_segment_attends_to_the_first_as_numpy_does():
-  attn = InfiniAttention(CFG, rngs=nnx.Rngs(0))
+@pytest.mark.parametrize("previous_len", [None, 3])
+def test_second_segment_attends_to_the_first_as_numpy_does(previous_len):
+  """The paper's baseline sees all of segment 1; previous_len=3 (beyond the paper) its last 3."""
+  cfg = ModelConfig(**dict(CFG.__dict__, previous_len=previous_len))
+  attn = InfiniAttention(cfg, rngs=nnx.Rngs(0))
   x1, x2 = np.random.default_rng(0).normal(size=(2, 2, N, CFG.d_model)).astype(np.float32)
-  empty = xl.init_prev(2, N, CFG.num_kv_heads, CFG.dim_per_head, jnp.float32)
+  empty = xl.init_prev(2, cfg.carried_len, CFG.num_kv_heads, CFG.dim_per_head, jnp.float32)
   _, prev = attn(jnp.asarray(x1), empty)
+  assert prev.k.shape[1] == cfg.carried_len == (previous_len or N)
   out, _ = attn(jnp.asarray(x2), prev)
-  np.testing.assert_allclose(out, np_xl_layer(attn, x1, x2), atol=2e-5, rtol=2e-4)
+  np.testing.assert_allclose(out, np_xl_layer(attn, x1, x2, cfg.carried_len), atol=2e-5,
+                             rtol=2e-4)
 
 
 def test_an_empty_previous_segment_is_never_attended_to():
@@ -138,3 +144,30 @@ def test_infini_with_two_segments_streams_and_carries_both_states():
 def test_two_segments_is_an_option_of_infini():
   with pytest.raises(UserError, match='local_context=.two_segments. is an option of memory="infini"'):
     ModelConfig(memory="xl", local_context="two_segments")
+
+
+def test_a_short_carry_streams_and_is_counted():
+  """previous_len=3 (beyond the paper): the carry is the last 3 tokens' keys and values a layer,
+  fed in pieces it gives the same logits, and its state and FLOPs count 3 tokens, not N."""
+  cfg = ModelConfig(**dict(CFG.__dict__, previous_len=3))
+  model = InfiniTransformer(cfg, rngs=nnx.Rngs(0))
+  tokens, logits, memory = streamed(model)
+  assert memory[0].k.shape == (2, 3, 2, cfg.dim_per_head) and memory[0].written.all()
+  assert cfg.memory_state_size() == 2 * 3 * 2 * cfg.dim_per_head * cfg.num_layers
+  none = ModelConfig(**dict(CFG.__dict__, memory="none"))
+  extra = flops.forward_flops_per_token(cfg) - flops.forward_flops_per_token(none)
+  assert extra == cfg.num_layers * 2 * 2 * cfg.num_heads * cfg.dim_per_head * 3
+  whole = InfiniTransformer(CFG, rngs=nnx.Rngs(0))                 # the same weights, all of N
+  np.testing.assert_allclose(whole(tokens)[0][:, :N], logits[:, :N], atol=1e-5, rtol=1e-5)
+  assert not np.allclose(whole(tokens)[0][:, N:], logits[:, N:], atol=1e-3)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"memory": "none", "previous_len": 4}, 'previous_len=4 sets how much of the previous segment'),
+    ({"memory": "infini", "previous_len": 4}, 'set memory="xl" or local_context="two_segments"'),
+    ({"memory": "xl", "previous_len": 0}, r"previous_len=0 must be in 1..segment_len \(8\)"),
+    ({"memory": "xl", "previous_len": 9}, r"previous_len=9 must be in 1..segment_len \(8\)"),
+])
+def test_previous_len_needs_a_carry_and_fits_a_segment(changes, message):
+  with pytest.raises(UserError, match=message):
+    ModelConfig(**dict(CFG.__dict__, **changes))

@@ -2,8 +2,8 @@
 
 Two parts, in numbers and bytes per sequence:
 - carried: what passes from one segment to the next. infini: every layer's M and z (float32);
-  xl: one segment of keys and values per layer; infini with ``local_context="two_segments"``:
-  both; none: nothing.
+  xl: the previous segment's keys and values per layer (its last ``previous_len`` tokens when
+  set); infini with ``local_context="two_segments"``: both; none: nothing.
 - cache: the keys and values of the current segment, ``2 x N x H_kv x d x L`` in the compute
   dtype, which every model holds while it reads a segment. For full causal attention (``none``
   with one segment as long as the input) this is the whole input's cache.

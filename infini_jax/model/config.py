@@ -45,6 +45,11 @@ class ModelConfig:
     local_context: "segment" (eq. 6: the local attention sees its own segment) or "two_segments"
       (beyond the paper: it also sees the previous segment's keys and values, as memory="xl" does,
       with no gradient into them; the memory still holds everything before). memory="infini" only.
+    previous_len: for memory="xl" and local_context="two_segments", how many of the previous
+      segment's last tokens are carried and attended to: None (the whole segment, N: the paper's
+      Transformer-XL baseline) or 1..N (beyond the paper: a short window across the boundary, so
+      that the first tokens of a segment see their nearest context, for a carry of previous_len
+      keys and values a layer instead of N).
     remat: "segment" (recompute each segment in the backward pass), "segment_and_layer" (also each
       layer inside it), "save_dots" (recompute each segment but keep the outputs of all its matmuls:
       the backward pass recomputes elementwise work only; activation memory then grows with the
@@ -81,6 +86,7 @@ class ModelConfig:
   empty_memory_gate: str = "paper"
   gate: str = "head"
   local_context: str = "segment"
+  previous_len: int | None = None
   remat: str = "segment"
   scan_layers: bool = True
   attention_impl: str = "auto"
@@ -113,6 +119,15 @@ class ModelConfig:
       raise UserError(f'ModelConfig.local_context={self.local_context!r} is an option of '
                       f'memory="infini" (memory={self.memory!r}); set local_context="segment" '
                       f'(memory="xl" is the previous segment alone)')
+    if self.previous_len is not None:
+      if self.memory != "xl" and self.local_context != "two_segments":
+        raise UserError(f'ModelConfig.previous_len={self.previous_len} sets how much of the previous '
+                        f'segment is carried, but memory={self.memory!r} with local_context='
+                        f'{self.local_context!r} carries none; set memory="xl" or '
+                        f'local_context="two_segments", or previous_len=None')
+      if not 1 <= self.previous_len <= self.segment_len:
+        raise UserError(f"ModelConfig.previous_len={self.previous_len} must be in 1..segment_len "
+                        f"({self.segment_len}), or None for the whole previous segment")
     one_of("remat", self.remat, REMAT_POLICIES)
     one_of("attention_impl", self.attention_impl, ATTENTION_IMPLS)
     one_of("dtype", self.dtype, tuple(DTYPES))
@@ -157,8 +172,8 @@ class ModelConfig:
     """Numbers carried from one segment to the next, per sequence.
 
     infini: M and z, d_key x (d_value + 1) x H_kv x L (with local_context="two_segments" also
-    the previous segment's keys and values); xl: one segment of keys and values,
-    2 x N x H_kv x d x L; none: 0.
+    the previous segment's carried keys and values); xl: the previous segment's carried keys and
+    values, 2 x carried_len x H_kv x d x L; none: 0.
     """
     return self.compressive_state_size() + self.previous_segment_size()
 
@@ -167,9 +182,15 @@ class ModelConfig:
     d = self.dim_per_head
     return d * (d + 1) * self.num_kv_heads * self.num_layers if self.memory == "infini" else 0
 
-  def previous_segment_size(self) -> int:
-    """The previous segment's keys and values per sequence (compute dtype), 2 x N x H_kv x d x L,
-    for memory="xl" and local_context="two_segments"; else 0."""
+  @property
+  def carried_len(self) -> int:
+    """Tokens of the previous segment each layer carries and attends to: previous_len (N when
+    None) for memory="xl" and local_context="two_segments"; else 0."""
     if self.memory == "xl" or self.local_context == "two_segments":
-      return 2 * self.segment_len * self.dim_per_head * self.num_kv_heads * self.num_layers
+      return self.segment_len if self.previous_len is None else self.previous_len
     return 0
+
+  def previous_segment_size(self) -> int:
+    """The previous segment's carried keys and values per sequence (compute dtype),
+    2 x carried_len x H_kv x d x L (0 without them)."""
+    return 2 * self.carried_len * self.dim_per_head * self.num_kv_heads * self.num_layers

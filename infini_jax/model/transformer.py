@@ -87,7 +87,7 @@ class InfiniTransformer(nnx.Module):
     if cfg.memory == "none":
       return ()
     d = cfg.dim_per_head
-    prev = lambda: xl.init_prev(batch, cfg.segment_len, cfg.num_kv_heads, d, cfg.compute_dtype)
+    prev = lambda: xl.init_prev(batch, cfg.carried_len, cfg.num_kv_heads, d, cfg.compute_dtype)
     if cfg.memory == "xl":
       return tuple(prev() for _ in range(cfg.num_layers))
     memory = lambda: mem.init_memory(batch, cfg.num_kv_heads, d, d)

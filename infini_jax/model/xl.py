@@ -3,11 +3,14 @@
 Each layer attends causally inside its segment and, in full, to the previous segment's keys and
 values, which come through the segment scan's carry and take no gradient (``stop_gradient``).
 RoPE is relative, so the previous segment's keys sit at positions ``-N..-1`` of the current one:
-here both segments are rotated together at ``0..2N-1`` and the queries at ``N..2N-1``.
+here both segments are rotated together at ``0..2N-1`` and the queries at ``N..2N-1``. With
+``ModelConfig.previous_len = m < N`` (beyond the paper) only the previous segment's last m tokens
+are carried, at ``-m..-1``.
 
 Shapes: ``q [batch, n, heads, d]``; ``k, v [batch, n, kv_heads, d]``; the carried state holds the
-previous segment's un-rotated ``k, v`` and ``written [batch, n]``: which of its tokens may be
-attended to (all False for an empty state, and for tokens written with weight 0).
+previous segment's un-rotated ``k, v [batch, m, kv_heads, d]`` and ``written [batch, m]``: which
+of its tokens may be attended to (all False for an empty state, and for tokens written with
+weight 0).
 
 The attention is a plain masked softmax (XLA) whatever ``ModelConfig.attention_impl`` says: the
 baseline is for comparisons at small scale, not for speed.
@@ -24,8 +27,8 @@ from infini_jax.model.layers import masked_attention
 
 
 class PrevSegment(NamedTuple):
-  """One layer's carry: the previous segment's raw ``k, v [batch, n, kv_heads, d]`` and
-  ``written [batch, n]`` bool (False: never attended to)."""
+  """One layer's carry: the previous segment's last m raw ``k, v [batch, m, kv_heads, d]`` and
+  ``written [batch, m]`` bool (False: never attended to)."""
 
   k: jax.Array
   v: jax.Array
@@ -40,27 +43,29 @@ class WithPrevious(NamedTuple):
   prev: PrevSegment
 
 
-def init_prev(batch: int, segment_len: int, kv_heads: int, head_dim: int, dtype) -> PrevSegment:
-  """An empty previous segment: nothing written."""
-  zeros = jnp.zeros((batch, segment_len, kv_heads, head_dim), dtype)
-  return PrevSegment(zeros, zeros, jnp.zeros((batch, segment_len), bool))
+def init_prev(batch: int, length: int, kv_heads: int, head_dim: int, dtype) -> PrevSegment:
+  """An empty carry of ``length`` tokens (``ModelConfig.carried_len``): nothing written."""
+  zeros = jnp.zeros((batch, length, kv_heads, head_dim), dtype)
+  return PrevSegment(zeros, zeros, jnp.zeros((batch, length), bool))
 
 
 def xl_attention(q: jax.Array, k: jax.Array, v: jax.Array, prev: PrevSegment, rotate,
                  write_weight: jax.Array | None = None):
   """One segment's XL attention and the state handed to the next segment.
 
-  ``q, k, v``: this segment's raw projections; ``prev``: the carry; ``rotate(x, positions)``:
-  RoPE. ``write_weight [b, n]`` (None: ones): tokens of weight 0 are not handed on (a knock-out
-  writes nothing). Returns (``[b, n, heads, d]``, the next :class:`PrevSegment`).
+  ``q, k, v``: this segment's raw projections ``[b, n, ...]``; ``prev``: the carry, the previous
+  segment's last ``m <= n`` tokens (``ModelConfig.carried_len``); ``rotate(x, positions)``: RoPE.
+  ``write_weight [b, n]`` (None: ones): tokens of weight 0 are not handed on (a knock-out writes
+  nothing). Returns (``[b, n, heads, d]``, the next :class:`PrevSegment`: this segment's last m).
   """
   b, n = q.shape[:2]
+  m = prev.k.shape[1]
   keys = jnp.concatenate([jax.lax.stop_gradient(prev.k).astype(k.dtype), k], axis=1)
   values = jnp.concatenate([jax.lax.stop_gradient(prev.v).astype(v.dtype), v], axis=1)
-  positions = np.arange(2 * n)      # static: RoPE's tables are constants (layers.rope)
-  causal = positions[None, :] <= positions[n:, None]                     # [n, 2n]
+  positions = np.arange(m + n)      # static: RoPE's tables are constants (layers.rope)
+  causal = positions[None, :] <= positions[m:, None]                     # [n, m + n]
   written = jnp.concatenate([prev.written, jnp.ones((b, n), bool)], axis=1)
-  out = masked_attention(rotate(q, positions[n:]), rotate(keys, positions), values,
+  out = masked_attention(rotate(q, positions[m:]), rotate(keys, positions), values,
                causal[None] & written[:, None, :])
   handed_on = jnp.ones((b, n), bool) if write_weight is None else write_weight > 0
-  return out, PrevSegment(k, v, handed_on)
+  return out, PrevSegment(k[:, n - m:], v[:, n - m:], handed_on[:, n - m:])

@@ -24,8 +24,7 @@ def forward_flops_per_token(cfg: ModelConfig, with_memory: bool = True) -> float
   projections = 2 * d * hd * (2 * h + 2 * kv)
   mlp = 2 * 3 * d * f
   local = 2 * 2 * h * hd * cfg.segment_len / 2        # QK^T and AV over the causal half
-  if cfg.previous_segment_size():
-    local += 2 * 2 * h * hd * cfg.segment_len         # and over the whole previous segment
+  local += 2 * 2 * h * hd * cfg.carried_len          # and over the previous segment's carry
   per_layer = projections + mlp + local
   if with_memory and cfg.memory == "infini":
     read = 2 * h * hd * (hd + 1)                      # sigma(Q) M and sigma(Q) z
