@@ -7,4 +7,4 @@ from infini_jax.commands.sweep import main as sweep
 main = sweep.main
 
 if __name__ == "__main__":
-  entry.run(main)
+  entry.run(main, parses_help=True)

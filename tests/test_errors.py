@@ -6,6 +6,8 @@ traceback and status 1). The rest are checked where the input is checked, each m
 a pattern for its problem and its fix.
 """
 
+import importlib
+import inspect
 import os
 import re
 import subprocess
@@ -112,6 +114,27 @@ def test_command_run_exits_with_mains_status_and_strips_verbose(capsys):
     entry.run(bad, [])
   assert done.value.code == 2
   assert capsys.readouterr().err == "error: --x: wrong; use --y\n"
+
+
+@pytest.mark.parametrize("command", ["train", "eval", "eval_ppl", "eval_passkey", "generate",
+                                     "convert"])
+def test_help_prints_the_commands_usage_and_runs_nothing(capsys, command):
+  module = importlib.import_module(f"infini_jax.commands.{command}")
+  ran = []
+  main = lambda argv: ran.append(argv)
+  main.__module__ = module.__name__
+  with pytest.raises(SystemExit) as done:
+    entry.run(main, ["--gin_file=x.gin", "--help"])
+  assert done.value.code == 0 and ran == []
+  out = capsys.readouterr().out
+  assert f"python -m infini_jax.{command}" in out and out.strip() == inspect.getdoc(module)
+
+
+def test_help_from_the_command_line():
+  proc = subprocess.run([sys.executable, "-m", "infini_jax.eval_ppl", "--help"],
+                        capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert "--knockout" in proc.stdout and proc.stderr == ""
 
 
 def test_gins_context_becomes_a_prefix_and_a_suffix():

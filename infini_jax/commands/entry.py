@@ -10,6 +10,7 @@ Python's traceback and status 1. Needs neither gin nor TensorFlow, so the benchm
 """
 
 import glob
+import inspect
 import os
 import sys
 import traceback
@@ -19,12 +20,17 @@ from infini_jax.errors import UserError, one_line
 USER_ERROR_STATUS = 2
 
 
-def run(main, argv=None):
+def run(main, argv=None, parses_help: bool = False):
   """Runs ``main(argv)`` as a command: exits 0 (or ``main``'s int), or 2 on a user error.
 
   ``--verbose`` is taken off ``argv`` wherever it is and prints a user error's traceback too.
+  ``--help`` (or ``-h``) prints the docstring of ``main``'s module, the command's usage and own
+  flags, and exits 0, unless ``parses_help`` (``main`` parses it itself, with argparse).
   """
   argv = sys.argv[1:] if argv is None else list(argv)
+  if not parses_help and ("--help" in argv or "-h" in argv):
+    print(inspect.getdoc(sys.modules[main.__module__]), flush=True)
+    sys.exit(0)
   verbose = "--verbose" in argv
   quiet_backends()
   try:
