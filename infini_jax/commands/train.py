@@ -1,7 +1,21 @@
 """``python -m infini_jax.train --gin_file=configs/tiny.gin [--gin.NAME=VALUE ...]``.
 
+    python -m infini_jax.train --gin_file=configs/1b.gin --gin.MODEL_DIR="'runs/1b'" \
+        --gin.TRAIN_STEPS=1000 --gin.train.checkpoint_every=100
+
+Flags:
+  --gin_file=F           a gin file (repeatable; later files and bindings win); an included
+                         'a/b.gin' is looked up in configs/ and the search paths
+  --gin_search_paths=D,E more folders for --gin_file and includes
+  --gin.NAME=VALUE       one binding, e.g. --gin.TRAIN_STEPS=500, --gin.ModelConfig.memory='"xl"',
+                         --gin.train.keep_checkpoints=5 (configurables: ModelConfig,
+                         OptimizerConfig, DataConfig, SyntheticData, ExportedData, MeshConfig,
+                         train; see infini_jax/run.py for train's)
+  --verbose              a user error's traceback too
+
 Writes the run's gin config into ``train.model_dir`` first (so a failed run still has it), trains
 (``training.trainer.train``), then replaces it with gin's operative config: what was actually used.
+A run whose ``model_dir`` has checkpoints resumes from its newest good step.
 """
 
 import logging
