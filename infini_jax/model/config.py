@@ -121,9 +121,9 @@ class ModelConfig:
                       f'(memory="xl" is the previous segment alone)')
     if self.previous_len is not None:
       if self.memory != "xl" and self.local_context != "two_segments":
-        raise UserError(f'ModelConfig.previous_len={self.previous_len} sets how much of the previous '
-                        f'segment is carried, but memory={self.memory!r} with local_context='
-                        f'{self.local_context!r} carries none; set memory="xl" or '
+        raise UserError(f'ModelConfig.previous_len={self.previous_len} sets how much of the '
+                        f'previous segment is carried, but memory={self.memory!r} with '
+                        f'local_context={self.local_context!r} carries none; set memory="xl" or '
                         f'local_context="two_segments", or previous_len=None')
       if not 1 <= self.previous_len <= self.segment_len:
         raise UserError(f"ModelConfig.previous_len={self.previous_len} must be in 1..segment_len "
