@@ -162,7 +162,10 @@ def test_run_in_a_bucket_killed_and_resumed_keeps_everything_there(gcs, tmp_path
   proc = run_train(f"gs://{run}", *flags, env=env, cwd=tmp_path, wait=False)
   # In a bucket orbax writes the step folder in place and commits it with this marker.
   committed = {f"{run}/checkpoints/{s}/commit_success.txt" for s in (3, 6)}
-  kill_when(proc, lambda: committed <= _objects(fs, run), "its checkpoints at steps 3 and 6")
+  # Each check lists the bucket through the emulator in this process: twice a second, not in a
+  # tight loop that would hold up the run's own uploads.
+  kill_when(proc, lambda: committed <= _objects(fs, run), "its checkpoints at steps 3 and 6",
+            poll=0.5)
   assert f"{run}/checkpoints/3/commit_success.txt" in _objects(fs, run), \
       f"killed before its first checkpoint:\n{proc.stdout.read()[-3000:]}"
   resumed = run_train(f"gs://{run}", *flags, env=env, cwd=tmp_path)

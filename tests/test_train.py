@@ -32,12 +32,12 @@ def run_train(model_dir, *bindings, devices=1, env=None, entry="train", check=Tr
   return proc
 
 
-def kill_when(proc, ready, what):
-  """SIGKILLs a run started with ``run_train(..., wait=False)`` once ``ready()``; fails if the
-  run ended first."""
+def kill_when(proc, ready, what, poll=0.01):
+  """SIGKILLs a run started with ``run_train(..., wait=False)`` once ``ready()`` (asked every
+  ``poll`` seconds); fails if the run ended first."""
   deadline = time.time() + 300
   while time.time() < deadline and not ready() and proc.poll() is None:
-    time.sleep(0.01)
+    time.sleep(poll)
   assert proc.poll() is None, f"the run ended before {what}"
   proc.send_signal(signal.SIGKILL)
   proc.wait()
