@@ -45,17 +45,47 @@ def nll_per_segment_alone(model, b):
   return np.asarray(nll).reshape(2, SEGMENTS, N).sum((0, 2))
 
 
-@pytest.mark.parametrize("memory, changes", [
-    ("infini", {}), ("xl", {}), ("infini", {"local_context": "two_segments"}),
-    ("infini", {"local_context": "two_segments", "previous_len": 2})])
-def test_knockout_reads_every_segment_from_an_empty_memory(memory, changes):
-  model, b = model_of(memory, **changes), batch()
+def nll_per_segment(model, b, carry):
+  """Reference: each segment's summed NLL with the model called segment by segment, the state
+  handed from one call to the next replaced by ``carry(state, empty)`` in between."""
+  nll, state = [], None
+  for s in range(SEGMENTS):
+    logits, state = model(b["inputs"][:, s * N:(s + 1) * N], state)
+    state = carry(state, model.init_memory(2))
+    logp = jax.nn.log_softmax(logits, -1)
+    targets = b["targets"][:, s * N:(s + 1) * N, None]
+    nll.append(float(-jnp.take_along_axis(logp, targets, -1).sum()))
+  return np.asarray(nll)
+
+
+def knocked_out_and_normal(model, b):
   normal = ppl.bucket_sums(model, b, N)["nll"]
   knocked = ppl.bucket_sums(model, b, N, jnp.zeros(b["inputs"].shape))["nll"]
   assert np.all(np.isfinite(knocked))
-  np.testing.assert_allclose(knocked, nll_per_segment_alone(model, b), rtol=2e-5)
   assert np.isclose(normal[0], knocked[0], rtol=1e-6)            # segment 1: nothing to read
   assert np.all(np.abs(normal[1:] - knocked[1:]) > 1e-3 * np.abs(normal[1:]))
+  return knocked, normal
+
+
+@pytest.mark.parametrize("memory", ["infini", "xl"])
+def test_knockout_reads_every_segment_from_an_empty_memory(memory):
+  model, b = model_of(memory), batch()
+  knocked, _ = knocked_out_and_normal(model, b)
+  np.testing.assert_allclose(knocked, nll_per_segment_alone(model, b), rtol=2e-5)
+
+
+@pytest.mark.parametrize("previous_len", [None, 2])
+def test_knockout_of_two_segments_empties_the_memory_and_keeps_the_window(previous_len):
+  """local_context="two_segments": the previous segment is local context, so a knock-out still
+  hands it on and empties the compressive memory alone."""
+  model = model_of("infini", local_context="two_segments", previous_len=previous_len)
+  b = batch()
+  knocked, normal = knocked_out_and_normal(model, b)
+  window_only = lambda state, empty: tuple(e._replace(prev=s.prev) for s, e in zip(state, empty))
+  np.testing.assert_allclose(knocked, nll_per_segment(model, b, window_only), rtol=2e-5)
+  np.testing.assert_allclose(normal, nll_per_segment(model, b, lambda state, _: state), rtol=2e-5)
+  alone = nll_per_segment_alone(model, b)                     # nothing carried at all
+  assert np.all(np.abs(knocked[1:] - alone[1:]) > 1e-4 * alone[1:])   # 5x the tolerance above
 
 
 def test_knockout_changes_nothing_without_a_memory():

@@ -30,7 +30,9 @@ Own flags (the rest are gin flags, as for the trainer):
   --knockout                  also read the same windows with the memory never written (it stays
                               empty), printed beside each model ("NAME ko") and in the JSON
                               (``knocked_out`` of each model; null for memory="none", which has
-                              no memory to knock out and is not read twice)
+                              no memory to knock out and is not read twice); memory="xl" then
+                              carries nothing, local_context="two_segments" still its window of
+                              the previous segment (the compressive memory alone is emptied)
 
 Each model's state per sequence (``evals.state``: infini M and z, xl one segment of K/V per layer,
 the segment's K/V cache) is printed and written as ``state_per_sequence``.

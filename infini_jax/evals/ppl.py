@@ -58,7 +58,9 @@ def per_position_sums(runs, data_cfg, vocab_size: int, max_batches: int | None,
 
   ``runs``: :class:`restore.Loaded`; each model reads the batches sharded over its own mesh.
   ``knockout``: the memory is never written (every token's write weight is 0, so it stays empty
-  and its read is 0; ``memory="xl"`` hands nothing to the next segment).
+  and its read is 0; ``memory="xl"`` hands nothing to the next segment, while
+  ``local_context="two_segments"`` keeps its window of the previous segment: the compressive
+  memory alone is knocked out).
   """
   fns = []
   for run in runs:

@@ -263,7 +263,8 @@ class InfiniAttention(nnx.Module):
     Training passes no ``cache``: ``x`` is a whole segment (t = segment_len), attended to causally
     and written into the memory, each token weighted by ``write_weight [b, t]`` (None: ones; see
     ``memory.update``; with ``memory="xl"``, tokens of weight 0 are not handed to the next
-    segment). The memory is a ``memory.Memory`` (infini), an ``xl.PrevSegment`` (xl), an
+    segment, while ``local_context="two_segments"`` hands its previous segment on whatever the
+    weight). The memory is a ``memory.Memory`` (infini), an ``xl.PrevSegment`` (xl), an
     ``xl.WithPrevious`` (infini with ``local_context="two_segments"``) or None (none).
 
     Decoding passes the current segment's ``cache`` and ``pos [b]``, the place in the segment of
@@ -280,7 +281,9 @@ class InfiniAttention(nnx.Module):
       attended, memory = xl.xl_attention(q, k, v, memory, self.rotate, write_weight)
       return self.output(attended, q, None), memory
     if cfg.local_context == "two_segments":   # beyond the paper; decoding refuses it too
-      local, prev = xl.xl_attention(q, k, v, memory.prev, self.rotate, write_weight)
+      # The previous segment is local context, handed on whatever the write weight: a knock-out
+      # empties the compressive memory alone.
+      local, prev = xl.xl_attention(q, k, v, memory.prev, self.rotate)
       out = self.output(local, q, memory.memory)
       written = mem.update(memory.memory, k, v, cfg.update_rule, write_weight)
       return out, xl.WithPrevious(written, prev)
