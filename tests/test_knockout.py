@@ -35,16 +35,6 @@ def batch():
           "loss_mask": jnp.ones((2, SEGMENTS * N), jnp.float32)}
 
 
-def nll_per_segment_alone(model, b):
-  """Reference: each segment's summed NLL with the model run on that segment alone (every
-  segment a row of its own)."""
-  rows = lambda x: x.reshape(-1, N)                          # [2, S * N] -> [2 * S, N]
-  logits, _ = model(rows(b["inputs"]))
-  logp = jax.nn.log_softmax(logits, -1)
-  nll = -jnp.take_along_axis(logp, rows(b["targets"])[..., None], -1)[..., 0]
-  return np.asarray(nll).reshape(2, SEGMENTS, N).sum((0, 2))
-
-
 def nll_per_segment(model, b, carry):
   """Reference: each segment's summed NLL with the model called segment by segment, the state
   handed from one call to the next replaced by ``carry(state, empty)`` in between."""
@@ -56,6 +46,11 @@ def nll_per_segment(model, b, carry):
     targets = b["targets"][:, s * N:(s + 1) * N, None]
     nll.append(float(-jnp.take_along_axis(logp, targets, -1).sum()))
   return np.asarray(nll)
+
+
+def fresh(state, empty):
+  """Every segment from an empty state: nothing carried."""
+  return empty
 
 
 def knocked_out_and_normal(model, b):
@@ -71,7 +66,7 @@ def knocked_out_and_normal(model, b):
 def test_knockout_reads_every_segment_from_an_empty_memory(memory):
   model, b = model_of(memory), batch()
   knocked, _ = knocked_out_and_normal(model, b)
-  np.testing.assert_allclose(knocked, nll_per_segment_alone(model, b), rtol=2e-5)
+  np.testing.assert_allclose(knocked, nll_per_segment(model, b, fresh), rtol=2e-5)
 
 
 @pytest.mark.parametrize("previous_len", [None, 2])
@@ -84,7 +79,7 @@ def test_knockout_of_two_segments_empties_the_memory_and_keeps_the_window(previo
   window_only = lambda state, empty: tuple(e._replace(prev=s.prev) for s, e in zip(state, empty))
   np.testing.assert_allclose(knocked, nll_per_segment(model, b, window_only), rtol=2e-5)
   np.testing.assert_allclose(normal, nll_per_segment(model, b, lambda state, _: state), rtol=2e-5)
-  alone = nll_per_segment_alone(model, b)                     # nothing carried at all
+  alone = nll_per_segment(model, b, fresh)
   assert np.all(np.abs(knocked[1:] - alone[1:]) > 1e-4 * alone[1:])   # 5x the tolerance above
 
 
