@@ -14,7 +14,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODELS = ("infini_linear", "infini_delta", "none", "xl", "full", "infini_linear_local_first",
           "infini_linear_closed_gate", "infini_delta_closed_gate", "infini_linear_query_gate",
           "infini_linear_two_segments", "infini_linear_two_segments_closed_gate",
-          "infini_delta_carry16", "xl_carry16")
+          "infini_delta_carry16", "xl_carry16", "infini_delta_carry16_closed_gate")
 
 
 def parameters(cfg) -> int:
@@ -31,15 +31,16 @@ def test_the_models_of_a_corpus_match_in_parameters_and_tokens(corpus):
   assert (kinds["infini_linear_local_first"] == kinds["infini_linear_closed_gate"]
           == kinds["infini_linear_query_gate"] == kinds["infini_linear_two_segments"]
           == kinds["infini_linear_two_segments_closed_gate"] == ("infini", "linear"))
-  assert kinds["infini_delta_closed_gate"] == kinds["infini_delta_carry16"] == ("infini", "delta")
+  assert (kinds["infini_delta_closed_gate"] == kinds["infini_delta_carry16"]
+          == kinds["infini_delta_carry16_closed_gate"] == ("infini", "delta"))
   assert [c.model.empty_memory_gate for c in configs.values()] == (
-      ["paper"] * 5 + ["local_only"] + ["paper"] * 7)
+      ["paper"] * 5 + ["local_only"] + ["paper"] * 8)
   assert [c.model.gate_init for c in configs.values()] == (
-      [0.0] * 6 + [-3.0, -3.0, 0.0, 0.0, -3.0, 0.0, 0.0])
-  assert [c.model.gate for c in configs.values()] == ["head"] * 8 + ["query"] + ["head"] * 4
+      [0.0] * 6 + [-3.0, -3.0, 0.0, 0.0, -3.0, 0.0, 0.0, -3.0])
+  assert [c.model.gate for c in configs.values()] == ["head"] * 8 + ["query"] + ["head"] * 5
   assert [c.model.local_context for c in configs.values()] == (
-      ["segment"] * 9 + ["two_segments"] * 3 + ["segment"])
-  assert [c.model.previous_len for c in configs.values()] == [None] * 11 + [16, 16]
+      ["segment"] * 9 + ["two_segments"] * 3 + ["segment", "two_segments"])
+  assert [c.model.previous_len for c in configs.values()] == [None] * 11 + [16, 16, 16]
   assert [kinds[m][0] for m in ("none", "xl", "full", "xl_carry16")] == ["none", "xl", "none", "xl"]
   counts = {m: parameters(c.model) for m, c in configs.items()}
   assert max(counts.values()) <= 1.01 * min(counts.values()), counts
@@ -59,4 +60,5 @@ def test_the_models_of_a_corpus_match_in_parameters_and_tokens(corpus):
           == carried["infini_linear"] + carried["xl"])
   # A 16-byte window carries an eighth of xl's previous segment, beside M and z.
   assert carried["xl_carry16"] * 8 == carried["xl"]
-  assert carried["infini_delta_carry16"] == carried["infini_delta"] + carried["xl_carry16"]
+  assert (carried["infini_delta_carry16"] == carried["infini_delta_carry16_closed_gate"]
+          == carried["infini_delta"] + carried["xl_carry16"])
