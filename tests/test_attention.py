@@ -172,6 +172,49 @@ def test_two_segments_matches_numpy(previous_len):
     assert np.abs(want[1] - paper[1]).max() > 1e-2                 # the previous segment is seen
 
 
+@pytest.mark.parametrize("local_context", ["segment", "two_segments"])
+def test_memory_gradient_stop_trains_the_projections_by_the_local_path_alone(local_context):
+  """memory_gradient="stop" (beyond the paper, a diagnostic): the paper's outputs and gradients of
+  beta and W_O; W_Q, W_K, W_V get the gradient of eq. 10's local term alone. For a loss linear in
+  the outputs that is the gradient with the memory kept empty (its read 0, the local term
+  (1 - sigmoid(beta)) A_dot unchanged), which the paper's layer does not give."""
+  previous_len = 2 if local_context == "two_segments" else None
+
+  def loss_and_grads(memory_gradient, knockout=False):
+    cfg, layer, xs, _, _ = small_layer(6, local_context=local_context, previous_len=previous_len,
+                                       memory_gradient=memory_gradient)
+    rs = np.random.default_rng(7).normal(size=(3, 2, 6, 32)).astype(np.float32)
+    graphdef, params = nnx.split(layer)
+
+    def loss(params):
+      layer, state = nnx.merge(graphdef, params), init_memory(2, 2, 8, 8)
+      if local_context == "two_segments":
+        state = xl.WithPrevious(state, xl.init_prev(2, cfg.carried_len, 2, 8, jnp.float32))
+      total = 0.0
+      for x, r in zip(xs, rs):   # knock-out: nothing written, the memory stays empty
+        out, state = layer(x, state, jnp.zeros((2, 6)) if knockout else None)
+        total = total + jnp.sum(out * r)
+      return total
+
+    value, grads = jax.jit(jax.value_and_grad(loss))(params)
+    return float(value), {name: np.asarray(grads[name][...]) for name in
+                          ("w_q", "w_k", "w_v", "w_o", "beta")}
+
+  (full, g_full), (stop, g_stop) = loss_and_grads("full"), loss_and_grads("stop")
+  _, g_local = loss_and_grads("full", knockout=True)
+  np.testing.assert_allclose(stop, full, rtol=1e-6)
+  for name in ("w_o", "beta"):
+    np.testing.assert_allclose(g_stop[name], g_full[name], rtol=1e-5, atol=1e-6)
+  for name in ("w_q", "w_k", "w_v"):
+    np.testing.assert_allclose(g_stop[name], g_local[name], rtol=1e-5, atol=1e-6)
+    assert np.abs(g_full[name] - g_local[name]).max() > 1e-2 * np.abs(g_local[name]).max()
+
+
+def test_memory_gradient_needs_a_memory():
+  with pytest.raises(UserError, match='memory_gradient="full" or memory="infini"'):
+    ModelConfig(memory="xl", memory_gradient="stop")
+
+
 def test_query_gate_needs_a_memory():
   with pytest.raises(UserError, match='gate="head" or memory="infini"'):
     ModelConfig(memory="none", gate="query")

@@ -172,4 +172,6 @@ def test_model_names_tell_the_segment_1_option_and_full_attention_apart():
   assert name(segment_len=SEG, memory="xl", previous_len=2) == "xl/previous2@7"
   assert (name(segment_len=SEG, update_rule="delta", local_context="two_segments", previous_len=2)
           == "infini/delta/two_segments/previous2@7")
+  assert (name(segment_len=SEG, memory_gradient="stop")
+          == "infini/linear/memory_gradient_stop@7")
   assert name(segment_len=4 * SEG, memory="none") == f"none/seg{4 * SEG}@7"

@@ -111,7 +111,8 @@ def model_name(model, step_number: int, segment_len: int | None = None) -> str:
   not ``segment_len`` long (full attention beside a model of shorter segments);
   "infini/linear/local_only@1000" with ``empty_memory_gate="local_only"``,
   "infini/linear/query_gate@1000" with ``gate="query"``, "infini/linear/two_segments@1000" with
-  ``local_context="two_segments"``; "/previous16" when ``previous_len=16`` (xl or two_segments)."""
+  ``local_context="two_segments"``; "/previous16" when ``previous_len=16`` (xl or two_segments);
+  "/memory_gradient_stop" with ``memory_gradient="stop"``."""
   cfg = model.cfg
   memory = f"{cfg.memory}/{cfg.update_rule}" if cfg.memory == "infini" else cfg.memory
   if cfg.memory == "infini" and cfg.empty_memory_gate != "paper":
@@ -122,6 +123,8 @@ def model_name(model, step_number: int, segment_len: int | None = None) -> str:
     memory += f"/{cfg.local_context}"
   if cfg.previous_len is not None:
     memory += f"/previous{cfg.previous_len}"
+  if cfg.memory_gradient != "full":
+    memory += f"/memory_gradient_{cfg.memory_gradient}"
   if segment_len is not None and cfg.segment_len != segment_len:
     memory += f"/seg{cfg.segment_len}"
   return f"{memory}@{step_number}"

@@ -229,6 +229,11 @@ class InfiniAttention(nnx.Module):
     """RoPE with the config's theta and scaling (see :func:`layers.rope`)."""
     return rope(x, self.cfg.rope_theta, positions, scaling=self.cfg.rope_scaling)
 
+  def to_memory(self, x: jax.Array) -> jax.Array:
+    """The ``q``, ``k`` or ``v`` the memory reads or writes: as is, or with
+    ``memory_gradient="stop"`` (beyond the paper) through ``stop_gradient``."""
+    return jax.lax.stop_gradient(x) if self.cfg.memory_gradient == "stop" else x
+
   def gate(self, q: jax.Array) -> jax.Array:
     """The weight of the memory read in eq. 10, float32: ``sigmoid(beta) [heads, 1]``, or with
     ``gate="query"`` ``sigmoid(beta + q . u) [b, n, heads, 1]`` for the raw ``q [b, n, heads, d]``."""
@@ -246,7 +251,7 @@ class InfiniAttention(nnx.Module):
     """
     dtype = local.dtype
     if self.cfg.memory == "infini":
-      from_memory = retrieve_grouped(memory, q)
+      from_memory = retrieve_grouped(memory, self.to_memory(q))
       gate = self.gate(q)                                # [heads, 1] or [b, n, heads, 1]
       if self.cfg.empty_memory_gate == "local_only":   # beyond the paper: see ModelConfig
         filled = ~jnp.repeat(mem.is_empty(memory), self.cfg.group_size, axis=1)   # [b, heads]
@@ -285,7 +290,8 @@ class InfiniAttention(nnx.Module):
       # empties the compressive memory alone.
       local, prev = xl.xl_attention(q, k, v, memory.prev, self.rotate)
       out = self.output(local, q, memory.memory)
-      written = mem.update(memory.memory, k, v, cfg.update_rule, write_weight)
+      written = mem.update(memory.memory, self.to_memory(k), self.to_memory(v), cfg.update_rule,
+                           write_weight)
       return out, xl.WithPrevious(written, prev)
     if cache is None or x.shape[1] == cfg.segment_len:
       # RoPE on the local path only: the memory reads and writes the un-rotated q, k.
@@ -297,7 +303,8 @@ class InfiniAttention(nnx.Module):
     out = self.output(local, q, memory)                             # reads before the write
     if cfg.memory == "infini":
       def write():
-        return mem.update(memory, k, v, cfg.update_rule, write_weight)
+        return mem.update(memory, self.to_memory(k), self.to_memory(v), cfg.update_rule,
+                          write_weight)
       # A decoded segment is written once, by the step that completes it: skip all other steps.
       memory = (write() if cache is None
                 else jax.lax.cond(jnp.any(write_weight != 0), write, lambda: memory))

@@ -10,6 +10,7 @@ MEMORY_KINDS = ("infini", "none", "xl")
 EMPTY_MEMORY_GATES = ("paper", "local_only")
 GATES = ("head", "query")
 LOCAL_CONTEXTS = ("segment", "two_segments")
+MEMORY_GRADIENTS = ("full", "stop")
 REMAT_POLICIES = ("segment", "segment_and_layer", "save_dots", "none")
 ATTENTION_IMPLS = ("auto", "xla", "blocked", "cudnn", "splash", "reference")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -50,6 +51,11 @@ class ModelConfig:
       Transformer-XL baseline) or 1..N (beyond the paper: a short window across the boundary, so
       that the first tokens of a segment see their nearest context, for a carry of previous_len
       keys and values a layer instead of N).
+    memory_gradient: "full" (the paper: the memory's reads and writes train W_Q, W_K, W_V) or
+      "stop" (beyond the paper, a diagnostic: the memory reads and writes the projections' q, k, v
+      through ``stop_gradient``, so W_Q, W_K, W_V learn from the local path alone and the memory
+      path trains beta and what comes after the gate; the forward pass is unchanged).
+      memory="infini" only.
     remat: "segment" (recompute each segment in the backward pass), "segment_and_layer" (also each
       layer inside it), "save_dots" (recompute each segment but keep the outputs of all its matmuls:
       the backward pass recomputes elementwise work only; activation memory then grows with the
@@ -87,6 +93,7 @@ class ModelConfig:
   gate: str = "head"
   local_context: str = "segment"
   previous_len: int | None = None
+  memory_gradient: str = "full"
   remat: str = "segment"
   scan_layers: bool = True
   attention_impl: str = "auto"
@@ -128,6 +135,11 @@ class ModelConfig:
       if not 1 <= self.previous_len <= self.segment_len:
         raise UserError(f"ModelConfig.previous_len={self.previous_len} must be in 1..segment_len "
                         f"({self.segment_len}), or None for the whole previous segment")
+    one_of("memory_gradient", self.memory_gradient, MEMORY_GRADIENTS)
+    if self.memory_gradient != "full" and self.memory != "infini":
+      raise UserError(f'ModelConfig.memory_gradient={self.memory_gradient!r} acts on a compressive '
+                      f'memory, but memory={self.memory!r} has none; set memory_gradient="full" '
+                      f'or memory="infini"')
     one_of("remat", self.remat, REMAT_POLICIES)
     one_of("attention_impl", self.attention_impl, ATTENTION_IMPLS)
     one_of("dtype", self.dtype, tuple(DTYPES))
