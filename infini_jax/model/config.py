@@ -54,8 +54,8 @@ class ModelConfig:
     memory_gradient: "full" (the paper: the memory's reads and writes train W_Q, W_K, W_V) or
       "stop" (beyond the paper, a diagnostic: the memory reads and writes the projections' q, k, v
       through ``stop_gradient``, so W_Q, W_K, W_V learn from the local path alone and the memory
-      path trains beta and what comes after the gate; the forward pass is unchanged).
-      memory="infini" only.
+      path trains beta and what comes after the gate; the forward pass is unchanged; with
+      gate="query" the gate's q . u still trains W_Q). memory="infini" only.
     remat: "segment" (recompute each segment in the backward pass), "segment_and_layer" (also each
       layer inside it), "save_dots" (recompute each segment but keep the outputs of all its matmuls:
       the backward pass recomputes elementwise work only; activation memory then grows with the
