@@ -234,6 +234,13 @@ class InfiniAttention(nnx.Module):
     ``memory_gradient="stop"`` (beyond the paper) through ``stop_gradient``."""
     return jax.lax.stop_gradient(x) if self.cfg.memory_gradient == "stop" else x
 
+  def write(self, memory: mem.Memory, k: jax.Array, v: jax.Array,
+            write_weight: jax.Array | None) -> mem.Memory:
+    """Eq. 8 or 9: ``memory`` with the raw ``k, v [b, n, kv_heads, d]`` written in, each token
+    weighted by ``write_weight [b, n]`` (None: ones)."""
+    return mem.update(memory, self.to_memory(k), self.to_memory(v), self.cfg.update_rule,
+                      write_weight)
+
   def gate(self, q: jax.Array) -> jax.Array:
     """The weight of the memory read in eq. 10, float32: ``sigmoid(beta) [heads, 1]``, or with
     ``gate="query"`` ``sigmoid(beta + q . u) [b, n, heads, 1]`` for the raw ``q [b, n, heads, d]``."""
@@ -290,9 +297,7 @@ class InfiniAttention(nnx.Module):
       # empties the compressive memory alone.
       local, prev = xl.xl_attention(q, k, v, memory.prev, self.rotate)
       out = self.output(local, q, memory.memory)
-      written = mem.update(memory.memory, self.to_memory(k), self.to_memory(v), cfg.update_rule,
-                           write_weight)
-      return out, xl.WithPrevious(written, prev)
+      return out, xl.WithPrevious(self.write(memory.memory, k, v, write_weight), prev)
     if cache is None or x.shape[1] == cfg.segment_len:
       # RoPE on the local path only: the memory reads and writes the un-rotated q, k.
       local = local_attention(self.rotate(q), self.rotate(k), v, cfg.attention_impl)
@@ -303,8 +308,7 @@ class InfiniAttention(nnx.Module):
     out = self.output(local, q, memory)                             # reads before the write
     if cfg.memory == "infini":
       def write():
-        return mem.update(memory, self.to_memory(k), self.to_memory(v), cfg.update_rule,
-                          write_weight)
+        return self.write(memory, k, v, write_weight)
       # A decoded segment is written once, by the step that completes it: skip all other steps.
       memory = (write() if cache is None
                 else jax.lax.cond(jnp.any(write_weight != 0), write, lambda: memory))
