@@ -46,6 +46,10 @@ class RunConfig:
       spike check): "stop" raises ``divergence.Diverged``; "rewind" restores the newest
       checkpoint and goes on with the data after the bad step (at most ``max_rewinds`` times).
       Either way no checkpoint ever holds a diverged state.
+    memory_knockout: in [0, 1]: the fraction of each training step's sequences whose memory is
+      never written (it stays empty; drawn anew each step from ``seed`` and the step), so the
+      layers also learn on whole sequences without a memory, not on segment 1 alone (a
+      diagnostic beyond the paper; evaluation is unchanged). 0: off. Needs a memory.
   """
   model: ModelConfig
   optimizer: optim.OptimizerConfig
@@ -71,6 +75,7 @@ class RunConfig:
   spike_factor: float | None = None
   spike_window: int = 100
   max_rewinds: int = 3
+  memory_knockout: float = 0.0
 
   def __post_init__(self):
     check_kinds(self)
@@ -85,6 +90,12 @@ class RunConfig:
                       "other parameters are loaded); set it or remove train.init_fresh")
     for pattern in self.init_fresh:
       check_regex(pattern, "train.init_fresh", "train.init_fresh")
+    if not 0.0 <= self.memory_knockout <= 1.0:
+      raise UserError(f"train.memory_knockout={self.memory_knockout} must be in [0, 1] (the "
+                      "fraction of training sequences whose memory is never written)")
+    if self.memory_knockout and self.model.memory == "none":
+      raise UserError(f"train.memory_knockout={self.memory_knockout} needs a memory, but "
+                      "ModelConfig.memory='none'; set ModelConfig.memory or remove it")
     for data in (self.data, self.eval_data):
       if data is not None and data.segment_len != self.model.segment_len:
         raise UserError(f"data segment_len {data.segment_len} differs from the model's "
@@ -132,7 +143,8 @@ def build_run(config: RunConfig, devices=None) -> Run:
     fns = step.build(config.model, tx, mesh, config.mesh.rules, config.data.batch_size,
                      config.data.seq_len, z_loss=config.z_loss,
                      grad_accum_steps=config.grad_accum_steps, loss_chunk=config.loss_chunk,
-                     schedule=schedule)
+                     schedule=schedule, memory_knockout=config.memory_knockout,
+                     seed=config.seed)
   return Run(config, mesh, fns, schedule)
 
 

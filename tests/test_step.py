@@ -124,3 +124,50 @@ def test_chunked_loss_step_equals_whole_logits_step(tied):
 def test_loss_chunk_must_divide_the_segment():
   with pytest.raises(ValueError, match="loss chunk 3 does not divide the segment length 8"):
     build(loss_chunk=3)
+
+
+def test_knocked_out_weights_drop_whole_sequences_drawn_by_seed_and_step():
+  weight = np.random.default_rng(0).uniform(0.5, 2.0, (256, 16)).astype(np.float32)
+  drawn = np.asarray(step.knocked_out_weights(jnp.asarray(weight), 0.25, 0, jnp.int32(7)))
+  dropped = (drawn == 0).all(1)
+  np.testing.assert_array_equal(drawn[~dropped], weight[~dropped])   # kept rows untouched
+  assert 32 <= dropped.sum() <= 96                 # about a quarter of 256 (binomial sd 7)
+  again = np.asarray(step.knocked_out_weights(jnp.asarray(weight), 0.25, 0, jnp.int32(7)))
+  np.testing.assert_array_equal(again, drawn)      # a resumed run draws the same rows
+  for seed, at in ((0, 8), (1, 7)):
+    other = np.asarray(step.knocked_out_weights(jnp.asarray(weight), 0.25, seed, jnp.int32(at)))
+    assert ((other == 0).all(1) != dropped).any()
+  for rate, kept in ((0.0, weight), (1.0, np.zeros_like(weight))):
+    np.testing.assert_array_equal(
+        step.knocked_out_weights(jnp.asarray(weight), rate, 0, jnp.int32(7)), kept)
+
+
+def test_memory_knockout_trains_the_chosen_sequences_with_an_empty_memory():
+  data = batch(seed=5)
+  mask = data["loss_mask"]
+  written = np.asarray(step.knocked_out_weights(jnp.ones((4, 32)), 0.5, 1, jnp.int32(0)))
+  rows = written[:, 0] > 0
+  assert rows.any() and not rows.all()             # seed 1 knocks out some rows, not all
+  model = lambda fns, state: nnx.merge(fns.graphdef, state["params"])
+
+  def build_knockout(rate):
+    mesh = sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])
+    tx = optim.make_optimizer(optim.OptimizerConfig(learning_rate=1e-2, warmup_steps=0))
+    with sharding.activate(mesh, sharding.DEFAULT_RULES):
+      return step.build(CFG, tx, mesh, sharding.DEFAULT_RULES, 4, 32, memory_knockout=rate,
+                        seed=1)
+
+  fns = build_knockout(0.5)
+  state = fns.init(jax.random.key(0))
+  per_row = {}   # each row's summed NLL with its memory written, and never written
+  for name, weight in (("written", None), ("empty", jnp.zeros((1, 32)))):
+    per_row[name] = np.array([
+        float(step.loss_sums(model(fns, state), {k: v[i:i + 1] for k, v in data.items()},
+                             weight)["nll"].sum()) for i in range(4)])
+  assert np.abs(per_row["written"] - per_row["empty"]).min() > 1e-3   # the memory matters
+  expected = np.where(rows, per_row["written"], per_row["empty"]).sum() / mask.sum()
+  for rate, want in ((0.5, expected), (1.0, per_row["empty"].sum() / mask.sum()),
+                     (0.0, per_row["written"].sum() / mask.sum())):
+    fns = build_knockout(rate)
+    _, metrics = fns.train(fns.init(jax.random.key(0)), data)
+    np.testing.assert_allclose(metrics["loss"], want, rtol=1e-5)

@@ -3,6 +3,7 @@
 import glob
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -352,3 +353,19 @@ def _get(tree, path):
   for k in path:
     tree = tree[k]
   return tree
+
+
+@pytest.mark.parametrize("memory, rate, message", [
+    ("none", 0.25, "train.memory_knockout=0.25 needs a memory, but ModelConfig.memory='none'"),
+    ("infini", 1.5, "train.memory_knockout=1.5 must be in [0, 1]"),
+])
+def test_memory_knockout_is_checked(memory, rate, message):
+  from infini_jax import inputs
+  from infini_jax.errors import UserError
+  from infini_jax.model import ModelConfig
+  from infini_jax.run import RunConfig
+  from infini_jax.training import optim
+  with pytest.raises(UserError, match=re.escape(message)):
+    RunConfig(model=ModelConfig(memory=memory, segment_len=16), optimizer=optim.OptimizerConfig(),
+              data=inputs.SyntheticData(batch_size=4, seq_len=64, segment_len=16),
+              model_dir="/unused", steps=1, memory_knockout=rate)

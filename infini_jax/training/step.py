@@ -65,13 +65,26 @@ def abstract_model(cfg: ModelConfig):
   return nnx.split(model, nnx.Param)
 
 
+def knocked_out_weights(memory_weight: jax.Array, rate: float, seed: int,
+                        step: jax.Array) -> jax.Array:
+  """``memory_weight [batch, seq]`` with the rows of about ``rate`` of the sequences set to 0:
+  their memory is never written (a knock-out in training). Which rows is drawn from ``seed`` and
+  ``step`` alone, so a resumed run draws what the interrupted one would have."""
+  key = jax.random.fold_in(jax.random.key(seed), step)
+  written = jax.random.bernoulli(key, 1.0 - rate, memory_weight.shape[:1])
+  return memory_weight * written[:, None].astype(memory_weight.dtype)
+
+
 def build(cfg: ModelConfig, tx: optax.GradientTransformation, mesh, rules, global_batch: int,
           seq_len: int, *, z_loss: float = 0.0, grad_accum_steps: int = 1, loss_chunk: int = 0,
-          schedule: Callable | None = None) -> StepFns:
+          schedule: Callable | None = None, memory_knockout: float = 0.0,
+          seed: int = 0) -> StepFns:
   """Builds the sharded, jitted init/train/eval functions for one configuration.
 
   ``loss_chunk``: segment positions whose float32 logits are computed at a time, in the forward
   and the backward pass (0: the whole segment); a divisor of ``cfg.segment_len``.
+  ``memory_knockout``: the fraction of each step's sequences whose memory is never written
+  (:func:`knocked_out_weights` with ``seed``); 0: off.
   """
   cfg.num_segments(seq_len)
   loss.check_chunk(loss_chunk, cfg.segment_len)
@@ -104,6 +117,10 @@ def build(cfg: ModelConfig, tx: optax.GradientTransformation, mesh, rules, globa
 
   def train(state, batch):
     params = state["params"]
+    if memory_knockout:
+      weight = batch.get("memory_weight", jnp.ones_like(batch["loss_mask"]))
+      batch = dict(batch, memory_weight=knocked_out_weights(weight, memory_knockout, seed,
+                                                            state["step"]))
     if grad_accum_steps == 1:
       grads, sums = sums_and_grads(params, batch)
     else:
