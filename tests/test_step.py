@@ -23,12 +23,12 @@ def batch(seed=0, b=4, t=32):
   return {"inputs": tokens[:, :-1], "targets": tokens[:, 1:], "loss_mask": mask}
 
 
-def build(accum=1, z_loss=0.0, tx=None, cfg=CFG, loss_chunk=0):
+def build(accum=1, z_loss=0.0, tx=None, cfg=CFG, loss_chunk=0, **options):
   mesh = sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])
   tx = tx or optim.make_optimizer(optim.OptimizerConfig(learning_rate=1e-2, warmup_steps=0))
   with sharding.activate(mesh, sharding.DEFAULT_RULES):
     return step.build(cfg, tx, mesh, sharding.DEFAULT_RULES, 4, 32, z_loss=z_loss,
-                      grad_accum_steps=accum, loss_chunk=loss_chunk)
+                      grad_accum_steps=accum, loss_chunk=loss_chunk, **options)
 
 
 def sgd_gradients(fns, data):
@@ -148,26 +148,17 @@ def test_memory_knockout_trains_the_chosen_sequences_with_an_empty_memory():
   written = np.asarray(step.knocked_out_weights(jnp.ones((4, 32)), 0.5, 1, jnp.int32(0)))
   rows = written[:, 0] > 0
   assert rows.any() and not rows.all()             # seed 1 knocks out some rows, not all
-  model = lambda fns, state: nnx.merge(fns.graphdef, state["params"])
-
-  def build_knockout(rate):
-    mesh = sharding.make_mesh(1, 1, 1, devices=jax.devices()[:1])
-    tx = optim.make_optimizer(optim.OptimizerConfig(learning_rate=1e-2, warmup_steps=0))
-    with sharding.activate(mesh, sharding.DEFAULT_RULES):
-      return step.build(CFG, tx, mesh, sharding.DEFAULT_RULES, 4, 32, memory_knockout=rate,
-                        seed=1)
-
-  fns = build_knockout(0.5)
-  state = fns.init(jax.random.key(0))
+  fns = build(memory_knockout=0.5, seed=1)
+  model = nnx.merge(fns.graphdef, fns.init(jax.random.key(0))["params"])
   per_row = {}   # each row's summed NLL with its memory written, and never written
   for name, weight in (("written", None), ("empty", jnp.zeros((1, 32)))):
     per_row[name] = np.array([
-        float(step.loss_sums(model(fns, state), {k: v[i:i + 1] for k, v in data.items()},
-                             weight)["nll"].sum()) for i in range(4)])
+        float(step.loss_sums(model, {k: v[i:i + 1] for k, v in data.items()}, weight)["nll"].sum())
+        for i in range(4)])
   assert np.abs(per_row["written"] - per_row["empty"]).min() > 1e-3   # the memory matters
   expected = np.where(rows, per_row["written"], per_row["empty"]).sum() / mask.sum()
   for rate, want in ((0.5, expected), (1.0, per_row["empty"].sum() / mask.sum()),
                      (0.0, per_row["written"].sum() / mask.sum())):
-    fns = build_knockout(rate)
+    fns = build(memory_knockout=rate, seed=1)
     _, metrics = fns.train(fns.init(jax.random.key(0)), data)
     np.testing.assert_allclose(metrics["loss"], want, rtol=1e-5)
