@@ -11,11 +11,12 @@ in brackets. So models evaluated in separate ``eval_ppl`` runs compare in one ta
 they read the same windows: the files must share the task, unit, segments and segment length, and
 every model's token count per segment must agree (else the table is refused). ``--by_offset``:
 a column per bucket of offsets within the segment over segments 2+
-(``evals.ppl_report.OFFSETS``) instead.
+(``evals.ppl_report.OFFSETS``) instead; ``--first_segment``: the same offsets within segment 1.
 
 Own flags (the rest are the ppl.json files):
   --out=PATH      also write the table there
   --by_offset     columns by offset within the segment (segments 2+)
+  --first_segment columns by offset within segment 1
 """
 
 import argparse
@@ -41,7 +42,8 @@ def run_name(checkpoint: str) -> str:
 def rows(files, unit: str = "segment") -> tuple[dict, list, str | None]:
   """(the files' shared {task, unit, segments, segment_len}, [(label, {bucket: bits or None},
   {bucket: change against none or None} or None)], the baseline's label or None); the buckets
-  are ``ppl_report.BUCKETS``, or with ``unit="offset"`` ``ppl_report.OFFSETS``."""
+  are ``ppl_report.BUCKETS``, or with ``unit="offset"`` or ``"first_offset"``
+  ``ppl_report.OFFSETS``."""
   shared, models = ppl_report.read_reports(files, ("task", "unit", "segments", "segment_len"))
   first = models[0]
   for model in models[1:]:
@@ -56,7 +58,7 @@ def rows(files, unit: str = "segment") -> tuple[dict, list, str | None]:
   labels = [model["checkpoint"] if labels.count(label) > 1 else label
             for label, model in zip(labels, models)]
 
-  spans = ppl_report.OFFSETS if unit == "offset" else ppl_report.BUCKETS
+  spans = ppl_report.BUCKETS if unit == "segment" else ppl_report.OFFSETS
   def buckets(result):
     return ppl_report.buckets(*ppl_report.sums_per(result, unit), spans)
 
@@ -78,12 +80,14 @@ def rows(files, unit: str = "segment") -> tuple[dict, list, str | None]:
 def markdown(shared: dict, table_rows: list, baseline: str | None, unit: str = "segment") -> str:
   """The rows as a Markdown table, with a line that says the unit and the baseline."""
   columns = list(table_rows[0][1])   # the buckets, then "all"
+  which = {"offset": ", segments 2+ by offset", "first_offset": ", segment 1 by offset"}
   lines = [f"{shared['unit']} on {shared['task']} validation, {shared['segments']} segments of "
-           f"{shared['segment_len']}" + (", segments 2+ by offset" if unit == "offset" else "")
+           f"{shared['segment_len']}" + which.get(unit, "")
            + (f"; in brackets the change against {baseline}"
               if baseline else "; no memory=\"none\" baseline given"),
            "",
-           "| model | " + " | ".join(c if c == "all" else f"{unit} {c}" for c in columns) + " |",
+           "| model | " + " | ".join(c if c == "all" else f"{unit.split('_')[-1]} {c}"
+                                    for c in columns) + " |",
            "|---|" + "---|" * len(columns)]
   for label, bits, change in table_rows:
     cells = []
@@ -102,10 +106,13 @@ def main(argv=None) -> dict:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("files", nargs="+", help="ppl.json files of eval_ppl")
   parser.add_argument("--out", help="also write the table to this file")
-  parser.add_argument("--by_offset", action="store_true",
-                      help="columns by offset within the segment (segments 2+)")
+  kind = parser.add_mutually_exclusive_group()
+  kind.add_argument("--by_offset", action="store_true",
+                    help="columns by offset within the segment (segments 2+)")
+  kind.add_argument("--first_segment", action="store_true",
+                    help="columns by offset within segment 1")
   args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-  unit = "offset" if args.by_offset else "segment"
+  unit = "offset" if args.by_offset else "first_offset" if args.first_segment else "segment"
   shared, table_rows, baseline = rows(args.files, unit)
   text = markdown(shared, table_rows, baseline, unit)
   print(text, flush=True)

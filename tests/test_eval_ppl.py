@@ -59,21 +59,27 @@ def test_offset_buckets_sum_the_right_offsets():
   assert ppl_report.buckets(nll[:16], weight[:16], ppl_report.OFFSETS)["17-64"] is None
 
 
-def result(name, memory, nats_per_token, knocked=None, segment_len=SEG, offset_nats=None):
+def result(name, memory, nats_per_token, knocked=None, segment_len=SEG, offset_nats=None,
+           first_nats=None):
   tokens = np.full(20, 100.0)
   offset_tokens = np.full(SEG, 19 * 100.0 / SEG)
-  def sums(nats, offset_nats):
+  first_tokens = np.full(SEG, 100.0 / SEG)
+  def sums(nats, offset_nats, first_nats):
     if offset_nats is None:
       offset_nats = np.full(SEG, np.mean(nats[1:]))
+    if first_nats is None:
+      first_nats = np.full(SEG, nats[0])
     return dict(nll_per_segment=(nats * tokens).tolist(), tokens_per_segment=tokens.tolist(),
                 buckets=ppl_report.buckets(nats * tokens, tokens),
                 nll_per_offset=(offset_nats * offset_tokens).tolist(),
                 tokens_per_offset=offset_tokens.tolist(),
                 offset_buckets=ppl_report.buckets(offset_nats * offset_tokens, offset_tokens,
-                                                  ppl_report.OFFSETS))
+                                                  ppl_report.OFFSETS),
+                first_offset_buckets=ppl_report.buckets(first_nats * first_tokens, first_tokens,
+                                                        ppl_report.OFFSETS))
   return dict(name=name, memory=memory, segment_len=segment_len,
-              **sums(nats_per_token, offset_nats),
-              knocked_out=None if knocked is None else sums(knocked, None))
+              **sums(nats_per_token, offset_nats, first_nats),
+              knocked_out=None if knocked is None else sums(knocked, None, None))
 
 
 def test_bits_per_byte_by_hand_and_the_change_against_none():
@@ -81,7 +87,8 @@ def test_bits_per_byte_by_hand_and_the_change_against_none():
   # Segment s: infini 1.5 bits per byte on segment 1, 1.2 later; none 1.6 everywhere.
   # By offset within segments 2+: infini 2.0 bits on offsets 1-4, 1.0 later.
   infini = result("infini", "infini", np.r_[1.5, [1.2] * 19] * ln2, knocked=np.full(20, 1.7 * ln2),
-                  offset_nats=np.r_[[2.0] * 4, [1.0] * (SEG - 4)] * ln2)
+                  offset_nats=np.r_[[2.0] * 4, [1.0] * (SEG - 4)] * ln2,
+                  first_nats=np.r_[[3.0] * 4, [1.5] * (SEG - 4)] * ln2)
   none = result("none", "none", np.full(20, 1.6 * ln2))
   full = result("full", "none", np.full(20, 1.0 * ln2), segment_len=20 * SEG)
   b = infini["buckets"]
@@ -109,6 +116,11 @@ def test_bits_per_byte_by_hand_and_the_change_against_none():
   assert lines[2].split() == ["1-4", "119", "2.0000", "1.7000", "+25.00%", "1.6000"]
   assert lines[4].split() == ["17-64", "1425", "1.0000", "1.7000", "-37.50%", "1.6000"]
   assert [line.split()[0] for line in lines[2:]] == ["1-4", "5-16", "17-64", "all"]   # no 65+
+  # Segment 1 by offset: infini 3.0 bits on offsets 1-4 (+87.5 % against none's 1.6), 1.5 later.
+  assert math.isclose(infini["first_offset_vs_none"]["1-4"], 3.0 / 1.6 - 1)
+  first = ppl_report.table([infini, none], SEG, "bits per byte", ppl_report.BY_FIRST_OFFSET)
+  assert first.splitlines()[2].split() == ["1-4", "6", "3.0000", "1.7000", "+87.50%", "1.6000"]
+  assert first.splitlines()[3].split()[2] == "1.5000"
   assert ppl_report.bits_unit("sentencepiece:/m.model") == "bits per token"
   ppl_report.add_vs_none([infini, full], SEG)
   assert infini["vs_none"] is None and full["vs_none"] is None
@@ -144,6 +156,11 @@ def test_entry_point_compares_with_the_baseline(tmp_path, capsys):
     assert model["offset_buckets"]["1-4"]["tokens"] == 4 * 2 * 17
     assert math.isclose(sum(model["nll_per_offset"]), sum(model["nll_per_segment"][1:]))
     assert model["offset_buckets"]["65+"] is None      # segments of 64
+    # Segment 1 by offset: the two windows at each offset; together segment 1.
+    assert model["tokens_per_first_offset"] == [2.0] * SEG
+    assert math.isclose(sum(model["nll_per_first_offset"]), model["nll_per_segment"][0])
+    assert math.isclose(model["first_offset_buckets"]["all"]["bits"],
+                        model["buckets"]["1"]["bits"])
   assert infini["tokens_per_segment"] == none["tokens_per_segment"]   # the same windows
   assert none["vs_none"] is None and math.isclose(
       infini["vs_none"]["1"], infini["buckets"]["1"]["bits"] / none["buckets"]["1"]["bits"] - 1)
@@ -152,6 +169,7 @@ def test_entry_point_compares_with_the_baseline(tmp_path, capsys):
   out = capsys.readouterr().out
   assert "infini/linear@3 vs none" in out and "none@3" in out and "17+" in out
   assert "by offset within the segment" in out and "17-64" in out
+  assert "segment 1 by offset" in out
   assert math.isclose(infini["offset_vs_none"]["1-4"], infini["offset_buckets"]["1-4"]["bits"]
                       / none["offset_buckets"]["1-4"]["bits"] - 1)
   assert "held-out bits per byte" in out

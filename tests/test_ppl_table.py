@@ -12,13 +12,14 @@ import script_modules
 ppl_table = script_modules.load("ppl_table")
 
 
-def model(run, memory, bits, knocked=None, tokens=100.0, offset_bits=None):
+def model(run, memory, bits, knocked=None, tokens=100.0, offset_bits=None, first_bits=None):
   def sums(bits, unit="segment"):
     return {f"nll_per_{unit}": [b * math.log(2) * tokens for b in bits],
             f"tokens_per_{unit}": [tokens] * len(bits)}
   offsets = {} if offset_bits is None else sums(offset_bits, "offset")
+  firsts = {} if first_bits is None else sums(first_bits, "first_offset")
   return dict(name=f"{memory}@10", checkpoint=f"runs/{run}/checkpoints", memory=memory,
-              segment_len=8, **sums(bits), **offsets,
+              segment_len=8, **sums(bits), **offsets, **firsts,
               knocked_out=None if knocked is None else sums(knocked))
 
 
@@ -86,3 +87,19 @@ def test_by_offset_the_columns_are_offsets_within_the_segment(tmp_path):
   old = write(tmp_path / "old.json", [model("none", "none", [2.0] * 4)])
   with pytest.raises(UserError, match="no nll_per_offset.*evaluate the model again"):
     ppl_table.rows([old], "offset")
+
+
+def test_first_segment_the_columns_are_offsets_within_segment_1(tmp_path):
+  none = model("none", "none", [2.0] * 4, offset_bits=[1.0] * 8, first_bits=[2.0] * 8)
+  xl = model("xl", "xl", [2.0] * 4, offset_bits=[1.0] * 8, first_bits=[3.0] * 4 + [1.0] * 4)
+  path = write(tmp_path / "a.json", [xl, none])
+  got = ppl_table.main([path, "--first_segment"])
+  bits = {label: b for label, b, _ in got["rows"]}
+  assert bits["xl"]["1-4"] == pytest.approx(3.0) and bits["xl"]["5-16"] == pytest.approx(1.0)
+  assert bits["none"]["all"] == pytest.approx(2.0)
+  text = ppl_table.markdown(*ppl_table.rows([path], "first_offset"), "first_offset")
+  assert "| model | offset 1-4 | offset 5-16 | offset 17-64 | offset 65+ | all |" in text
+  assert "| xl | 3.0000 (+50.00 %) | 1.0000 (-50.00 %) | - | - | 2.0000 (+0.00 %) |" in text
+  assert "segment 1 by offset" in text
+  with pytest.raises(SystemExit):
+    ppl_table.main([path, "--first_segment", "--by_offset"])

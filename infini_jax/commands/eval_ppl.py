@@ -9,7 +9,10 @@ position of the window, then per segment and per offset within the segment. Buck
 segment (local attention only, for every model), segments 2-4, 5-16 and 17+ (where a memory can help
 most); and a second table over segments 2+ by offset within the segment, 1-4, 5-16, 17-64 and 65+
 (what the previous segment's last bytes give, e.g. xl's exact keys and values, shows at the first
-offsets; ``nll_per_offset``, ``tokens_per_offset`` and ``offset_buckets`` in the JSON). The table
+offsets; ``nll_per_offset``, ``tokens_per_offset`` and ``offset_buckets`` in the JSON); and a third
+over segment 1 alone by the same offsets (where a model that learnt to lean on what came before
+pays for its absence; ``nll_per_first_offset``, ``tokens_per_first_offset``,
+``first_offset_buckets``). The table
 gives bits per byte for the byte vocabulary (nats / ln 2 per byte token), else bits per token,
 labelled so (``evals.ppl_report``). With a baseline, both models read the same windows and are
 printed side by side; when one of them has ``memory="none"`` (and the main run's segment length),
@@ -102,10 +105,15 @@ def main(argv=None) -> dict:
     n = data_cfg.segment_len
     nll, tokens = ppl.by_segment(t["nll"], n), ppl.by_segment(t["weight"], n)
     offset_nll, offset_tokens = ppl.by_offset(t["nll"], n), ppl.by_offset(t["weight"], n)
+    first_nll, first_tokens = t["nll"][:n], t["weight"][:n]
     return dict(nll_per_segment=nll.tolist(), tokens_per_segment=tokens.tolist(),
                 buckets=ppl_report.buckets(nll, tokens),
                 nll_per_offset=offset_nll.tolist(), tokens_per_offset=offset_tokens.tolist(),
-                offset_buckets=ppl_report.buckets(offset_nll, offset_tokens, ppl_report.OFFSETS))
+                offset_buckets=ppl_report.buckets(offset_nll, offset_tokens, ppl_report.OFFSETS),
+                nll_per_first_offset=first_nll.tolist(),
+                tokens_per_first_offset=first_tokens.tolist(),
+                first_offset_buckets=ppl_report.buckets(first_nll, first_tokens,
+                                                        ppl_report.OFFSETS))
 
   results = [dict(name=ppl.model_name(r.model, r.step, data_cfg.segment_len),
                   checkpoint=r.checkpoint, step=r.step,
@@ -124,7 +132,9 @@ def main(argv=None) -> dict:
         f"{data_cfg.segment_len} tokens)\n"
         f"{ppl_report.table(results, data_cfg.segment_len, unit)}\n"
         f"the same, segments 2+ by offset within the segment\n"
-        f"{ppl_report.table(results, data_cfg.segment_len, unit, ppl_report.BY_OFFSET)}",
+        f"{ppl_report.table(results, data_cfg.segment_len, unit, ppl_report.BY_OFFSET)}\n"
+        f"the same, segment 1 by offset\n"
+        f"{ppl_report.table(results, data_cfg.segment_len, unit, ppl_report.BY_FIRST_OFFSET)}",
         flush=True)
   for r, result in zip(models, results):
     print(f"state per sequence of {result['name']}: {state.describe(r.model.cfg)}", flush=True)

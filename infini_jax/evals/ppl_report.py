@@ -26,6 +26,8 @@ OFFSETS = (("1-4", 1, 4), ("5-16", 5, 16), ("17-64", 17, 64), ("65+", 65, None))
 # change against none).
 BY_SEGMENT = ("segments", BUCKETS, "buckets", "vs_none")
 BY_OFFSET = ("offsets", OFFSETS, "offset_buckets", "offset_vs_none")
+# The same offsets within segment 1 alone, where nothing before the window is there to read.
+BY_FIRST_OFFSET = ("offsets", OFFSETS, "first_offset_buckets", "first_offset_vs_none")
 
 
 def bits_unit(vocabulary: str) -> str:
@@ -81,7 +83,8 @@ def knocked_out(model: dict) -> dict | None:
 
 def sums_per(result: dict, unit: str = "segment") -> tuple[np.ndarray, np.ndarray]:
   """(nll, tokens): a model's result's sums ``[segments]`` of each segment, or with
-  ``unit="offset"`` ``[segment_len]`` of each offset within segments 2+."""
+  ``unit="offset"`` ``[segment_len]`` of each offset within segments 2+, or with
+  ``unit="first_offset"`` of each offset within segment 1."""
   try:
     return (np.asarray(result[f"nll_per_{unit}"], np.float64),
             np.asarray(result[f"tokens_per_{unit}"], np.float64))
@@ -112,18 +115,20 @@ def relative_change(ours: dict, base: dict) -> dict:
 
 
 def add_vs_none(results: list, segment_len: int) -> None:
-  """Sets each result's ``vs_none`` and ``offset_vs_none``: the ``relative_change`` of its
-  ``buckets`` and ``offset_buckets`` against ``none_baseline``'s (None for the baseline itself,
-  and for every result when there is no baseline)."""
+  """Sets each result's ``vs_none``, ``offset_vs_none`` and ``first_offset_vs_none``: the
+  ``relative_change`` of its ``buckets``, ``offset_buckets`` and ``first_offset_buckets`` against
+  ``none_baseline``'s (None for the baseline itself, and for every result when there is no
+  baseline)."""
   base = none_baseline(results, segment_len)
   for result in results:
-    for _, _, key, change in (BY_SEGMENT, BY_OFFSET):
+    for _, _, key, change in (BY_SEGMENT, BY_OFFSET, BY_FIRST_OFFSET):
       result[change] = (None if base is None or result is base
                         else relative_change(result[key], base[key]))
 
 
 def table(results: list, segment_len: int, unit: str, rows=BY_SEGMENT) -> str:
-  """``rows`` (``BY_SEGMENT``: segment buckets; ``BY_OFFSET``: offsets within segments 2+) as
+  """``rows`` (``BY_SEGMENT``: segment buckets; ``BY_OFFSET``: offsets within segments 2+;
+  ``BY_FIRST_OFFSET``: offsets within segment 1) as
   rows; per model a column of ``unit``, its knock-out ("NAME ko", where a result has
   ``knocked_out`` buckets) and, where a result has ``vs_none`` (``add_vs_none``), its relative
   change against the ``memory="none"`` model of ``segment_len`` ("NAME vs none", in %)."""
