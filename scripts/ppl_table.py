@@ -33,6 +33,11 @@ from infini_jax.errors import UserError  # noqa: E402
 from infini_jax.evals import ppl_report  # noqa: E402
 
 
+# Per unit of the table's columns: the label of a bucket's column and what the heading adds.
+COLUMNS = {"segment": ("segment", ""), "offset": ("offset", ", segments 2+ by offset"),
+           "first_offset": ("offset", ", segment 1 by offset")}
+
+
 def run_name(checkpoint: str) -> str:
   """The run folder of a model's checkpoint path (``runs/x/checkpoints`` -> ``x``)."""
   parts = checkpoint.rstrip("/").split("/")
@@ -80,14 +85,13 @@ def rows(files, unit: str = "segment") -> tuple[dict, list, str | None]:
 def markdown(shared: dict, table_rows: list, baseline: str | None, unit: str = "segment") -> str:
   """The rows as a Markdown table, with a line that says the unit and the baseline."""
   columns = list(table_rows[0][1])   # the buckets, then "all"
-  which = {"offset": ", segments 2+ by offset", "first_offset": ", segment 1 by offset"}
+  column, heading = COLUMNS[unit]
   lines = [f"{shared['unit']} on {shared['task']} validation, {shared['segments']} segments of "
-           f"{shared['segment_len']}" + which.get(unit, "")
+           f"{shared['segment_len']}" + heading
            + (f"; in brackets the change against {baseline}"
               if baseline else "; no memory=\"none\" baseline given"),
            "",
-           "| model | " + " | ".join(c if c == "all" else f"{unit.split('_')[-1]} {c}"
-                                    for c in columns) + " |",
+           "| model | " + " | ".join(c if c == "all" else f"{column} {c}" for c in columns) + " |",
            "|---|" + "---|" * len(columns)]
   for label, bits, change in table_rows:
     cells = []
