@@ -50,6 +50,10 @@ class RunConfig:
       never written (it stays empty; drawn anew each step from ``seed`` and the step), so the
       layers also learn on whole sequences without a memory, not on segment 1 alone (a
       diagnostic beyond the paper; evaluation is unchanged). 0: off. Needs a memory.
+    window_drop: in [0, 1]: the fraction of each training step's segments that do not see the
+      previous segment (drawn anew each step from ``seed`` and the step), so that a model that
+      carries it (``ModelConfig.carried_len`` > 0) also learns segment starts without it, as at
+      a document's start (beyond the paper; evaluation is unchanged). 0: off.
   """
   model: ModelConfig
   optimizer: optim.OptimizerConfig
@@ -76,6 +80,7 @@ class RunConfig:
   spike_window: int = 100
   max_rewinds: int = 3
   memory_knockout: float = 0.0
+  window_drop: float = 0.0
 
   def __post_init__(self):
     check_kinds(self)
@@ -96,6 +101,13 @@ class RunConfig:
     if self.memory_knockout and self.model.memory == "none":
       raise UserError(f"train.memory_knockout={self.memory_knockout} needs a memory, but "
                       "ModelConfig.memory='none'; set ModelConfig.memory or remove it")
+    if not 0.0 <= self.window_drop <= 1.0:
+      raise UserError(f"train.window_drop={self.window_drop} must be in [0, 1] (the fraction "
+                      "of training segments that do not see the previous segment)")
+    if self.window_drop and not self.model.carried_len:
+      raise UserError(f"train.window_drop={self.window_drop} needs a model that carries the "
+                      "previous segment, but ModelConfig.carried_len is 0; set "
+                      'ModelConfig.memory="xl" or local_context="two_segments", or remove it')
     for data in (self.data, self.eval_data):
       if data is not None and data.segment_len != self.model.segment_len:
         raise UserError(f"data segment_len {data.segment_len} differs from the model's "
@@ -144,7 +156,7 @@ def build_run(config: RunConfig, devices=None) -> Run:
                      config.data.seq_len, z_loss=config.z_loss,
                      grad_accum_steps=config.grad_accum_steps, loss_chunk=config.loss_chunk,
                      schedule=schedule, memory_knockout=config.memory_knockout,
-                     seed=config.seed)
+                     window_drop=config.window_drop, seed=config.seed)
   return Run(config, mesh, fns, schedule)
 
 

@@ -162,3 +162,59 @@ def test_memory_knockout_trains_the_chosen_sequences_with_an_empty_memory():
     fns = build(memory_knockout=rate, seed=1)
     _, metrics = fns.train(fns.init(jax.random.key(0)), data)
     np.testing.assert_allclose(metrics["loss"], want, rtol=1e-5)
+
+
+WINDOW = dataclasses.replace(CFG, local_context="two_segments", previous_len=4)
+
+
+def test_kept_windows_drop_segments_drawn_by_seed_and_step_apart_from_the_knockout():
+  kept = np.asarray(step.kept_windows(64, 16, 0.25, 0, jnp.int32(7)))
+  assert kept.shape == (64, 16) and kept.dtype == bool
+  assert 200 <= (~kept).sum() <= 312               # about a quarter of 1024 (binomial sd 14)
+  np.testing.assert_array_equal(step.kept_windows(64, 16, 0.25, 0, jnp.int32(7)), kept)
+  for seed, at in ((0, 8), (1, 7)):
+    assert (np.asarray(step.kept_windows(64, 16, 0.25, seed, jnp.int32(at))) != kept).any()
+  # Not the knock-out's draw: its rows at the same seed and step are not the first column's.
+  knocked = np.asarray(step.knocked_out_weights(jnp.ones((64, 1)), 0.25, 0, jnp.int32(7)))[:, 0]
+  assert ((knocked == 0) != ~kept[:, 0]).any()
+  assert np.asarray(step.kept_windows(4, 4, 0.0, 0, jnp.int32(0))).all()
+  assert not np.asarray(step.kept_windows(4, 4, 1.0, 0, jnp.int32(0))).any()
+
+
+@pytest.mark.parametrize("memory", ["infini", "xl"])
+def test_a_dropped_window_is_a_segment_start_without_the_previous_segment(memory):
+  cfg = WINDOW if memory == "infini" else dataclasses.replace(CFG, memory="xl", previous_len=4)
+  data = batch(seed=3)
+  params = build(cfg=cfg).init(jax.random.key(0))["params"]
+
+  def per_segment(cfg, keep=None):   # [segments] NLL of row 0
+    model = nnx.merge(step.abstract_model(cfg)[0], params)
+    row = {k: v[:1] for k, v in data.items()}
+    if keep is not None:
+      row["window_keep"] = jnp.asarray([keep])
+    return np.asarray(step.loss_sums(model, row)["nll"])
+
+  full = per_segment(cfg)
+  np.testing.assert_array_equal(per_segment(cfg, [True] * 4), full)
+  # Without any window the model is, parameter for parameter, one whose local attention sees
+  # its own segment alone (the other code path: no carried keys at all).
+  alone = dataclasses.replace(cfg, local_context="segment", previous_len=None,
+                              memory="none" if memory == "xl" else memory)
+  np.testing.assert_allclose(per_segment(cfg, [False] * 4), per_segment(alone), rtol=1e-5)
+  dropped = per_segment(cfg, [True, True, False, True])
+  np.testing.assert_array_equal(dropped[:2], full[:2])          # earlier segments untouched
+  assert abs(dropped[2] - full[2]) > 1e-3                        # segment 3 lost its window
+
+
+def test_window_drop_trains_the_drawn_segments_without_the_previous_one():
+  data = batch(seed=5)
+  mask = data["loss_mask"].sum()
+  model = nnx.merge(build(cfg=WINDOW).graphdef, build(cfg=WINDOW).init(jax.random.key(0))["params"])
+  keep = step.kept_windows(4, 4, 0.5, 1, jnp.int32(0))
+  assert np.asarray(keep)[:, 1:].any() and not np.asarray(keep)[:, 1:].all()
+  for rate, keep in ((0.5, keep), (1.0, jnp.zeros((4, 4), bool)), (0.0, None)):
+    fed = data if keep is None else dict(data, window_keep=keep)
+    want = float(step.loss_sums(model, fed)["nll"].sum()) / mask
+    fns = build(cfg=WINDOW, window_drop=rate, seed=1)
+    _, metrics = fns.train(fns.init(jax.random.key(0)), data)
+    np.testing.assert_allclose(metrics["loss"], want, rtol=1e-5)

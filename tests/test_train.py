@@ -369,3 +369,20 @@ def test_memory_knockout_is_checked(memory, rate, message):
     RunConfig(model=ModelConfig(memory=memory, segment_len=16), optimizer=optim.OptimizerConfig(),
               data=inputs.SyntheticData(batch_size=4, seq_len=64, segment_len=16),
               model_dir="/unused", steps=1, memory_knockout=rate)
+
+
+@pytest.mark.parametrize("local_context, rate, message", [
+    ("segment", 0.25, "train.window_drop=0.25 needs a model that carries the previous segment"),
+    ("two_segments", -0.1, "train.window_drop=-0.1 must be in [0, 1]"),
+])
+def test_window_drop_is_checked(local_context, rate, message):
+  from infini_jax import inputs
+  from infini_jax.errors import UserError
+  from infini_jax.model import ModelConfig
+  from infini_jax.run import RunConfig
+  from infini_jax.training import optim
+  with pytest.raises(UserError, match=re.escape(message)):
+    RunConfig(model=ModelConfig(local_context=local_context, segment_len=16),
+              optimizer=optim.OptimizerConfig(),
+              data=inputs.SyntheticData(batch_size=4, seq_len=64, segment_len=16),
+              model_dir="/unused", steps=1, window_drop=rate)

@@ -182,7 +182,7 @@ def merge_segments(x: jax.Array) -> jax.Array:
 
 def scan_segments(model: InfiniTransformer, tokens: jax.Array, memory: LayerMemories | None,
                   head: Callable[[InfiniTransformer, jax.Array, Any], Any], extras: Any = None,
-                  write_weight: jax.Array | None = None):
+                  write_weight: jax.Array | None = None, window_keep: jax.Array | None = None):
   """The segment recurrence: ``jax.lax.scan`` over segments with every layer's memory as carry.
 
   Args:
@@ -195,6 +195,9 @@ def scan_segments(model: InfiniTransformer, tokens: jax.Array, memory: LayerMemo
       tokens and handed to ``head`` (targets, loss weights).
     write_weight: optional ``[batch, seq]`` weight of each token in the memory writes of every
       layer (``memory.update``); None: ones.
+    window_keep: optional ``[batch, segments]`` bool, for a model that carries the previous
+      segment (``ModelConfig.carried_len`` > 0): where False, that segment does not see the
+      previous one (``xl.drop_previous``); None: all True.
 
   Returns:
     (outputs stacked over segments ``[segments, ...]``, outgoing per-layer memories).
@@ -212,6 +215,8 @@ def scan_segments(model: InfiniTransformer, tokens: jax.Array, memory: LayerMemo
   def segment_step(state, carry, index):
     segment_tokens, segment_extras, segment_weight = jax.tree.map(
         lambda x: segment(x, index, cfg.segment_len), (tokens, extras, write_weight))
+    if window_keep is not None:
+      carry = xl.drop_previous(carry, window_keep[:, index])
     model = nnx.merge(graphdef, state)
     h = model.embed(segment_tokens, cfg.compute_dtype)
     h, carry = model.run_layers(constrain(h, ("batch", "seq", "embed")), carry, segment_weight)

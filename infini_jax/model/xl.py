@@ -49,6 +49,17 @@ def init_prev(batch: int, length: int, kv_heads: int, head_dim: int, dtype) -> P
   return PrevSegment(zeros, zeros, jnp.zeros((batch, length), bool))
 
 
+def drop_previous(carry, keep: jax.Array):
+  """The carry with the previous segment hidden from the rows where ``keep [batch]`` (bool) is
+  False: their next segment attends to its own tokens alone, as at a sequence's start (a drop of
+  the carried window in training). ``carry``: a :class:`PrevSegment` or :class:`WithPrevious`
+  whose ``written`` is ``[..., batch, m]`` (stacked over layers or not); the compressive memory
+  is kept."""
+  if isinstance(carry, WithPrevious):
+    return carry._replace(prev=drop_previous(carry.prev, keep))
+  return carry._replace(written=carry.written & keep[:, None])
+
+
 def xl_attention(q: jax.Array, k: jax.Array, v: jax.Array, prev: PrevSegment, rotate,
                  write_weight: jax.Array | None = None):
   """One segment's XL attention and the state handed to the next segment.

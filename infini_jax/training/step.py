@@ -20,7 +20,8 @@ from infini_jax.model import InfiniTransformer, ModelConfig, scan_segments
 
 # "inputs", "targets" int32 [batch, seq]; "loss_mask" float32 [batch, seq]; optionally
 # "memory_weight" float32 [batch, seq], each token's weight in the memory writes of training
-# (passkey dilution, data/passkey.py); evaluation ignores it and reads the text as it is.
+# (passkey dilution, data/passkey.py); evaluation ignores it and reads the text as it is. The
+# train step may add "window_keep" bool [batch, segments] (``train.window_drop``).
 Batch = dict
 BATCH_DTYPES = {"inputs": jnp.int32, "targets": jnp.int32, "loss_mask": jnp.float32,
                 "memory_weight": jnp.float32}
@@ -31,6 +32,8 @@ def loss_sums(model: InfiniTransformer, batch: Batch, write_weight: jax.Array | 
   """Per-segment sums ``[segments]`` of the masked NLL, of log Z^2 (z-loss) and of the weights.
 
   ``write_weight [batch, seq]``: each token's weight in the memory writes (None: ones).
+  ``batch["window_keep"] [batch, segments]`` (optional, bool): which segments see the previous
+  one (``scan_segments``).
   ``chunk``: positions of a segment whose logits are computed at a time (0: the whole segment;
   see ``loss.cross_entropy_sums``).
   """
@@ -41,7 +44,8 @@ def loss_sums(model: InfiniTransformer, batch: Batch, write_weight: jax.Array | 
       return loss.cross_entropy_sums(h, model.unembedding(), targets, mask, chunk)
 
   outputs, _ = scan_segments(model, batch["inputs"], None, head,
-                             (batch["targets"], batch["loss_mask"]), write_weight)
+                             (batch["targets"], batch["loss_mask"]), write_weight,
+                             batch.get("window_keep"))
   return outputs
 
 
@@ -75,18 +79,29 @@ def knocked_out_weights(memory_weight: jax.Array, rate: float, seed: int,
   return memory_weight * written[:, None].astype(memory_weight.dtype)
 
 
+def kept_windows(batch: int, segments: int, rate: float, seed: int,
+                 step: jax.Array) -> jax.Array:
+  """``[batch, segments]`` bool: False for about ``rate`` of the segments, which then do not see
+  the previous segment (a drop of the carried window in training; the first segment has none
+  to see). Drawn from ``seed`` and ``step`` alone, apart from :func:`knocked_out_weights`'."""
+  key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), step), 1)
+  return jax.random.bernoulli(key, 1.0 - rate, (batch, segments))
+
+
 def build(cfg: ModelConfig, tx: optax.GradientTransformation, mesh, rules, global_batch: int,
           seq_len: int, *, z_loss: float = 0.0, grad_accum_steps: int = 1, loss_chunk: int = 0,
           schedule: Callable | None = None, memory_knockout: float = 0.0,
-          seed: int = 0) -> StepFns:
+          window_drop: float = 0.0, seed: int = 0) -> StepFns:
   """Builds the sharded, jitted init/train/eval functions for one configuration.
 
   ``loss_chunk``: segment positions whose float32 logits are computed at a time, in the forward
   and the backward pass (0: the whole segment); a divisor of ``cfg.segment_len``.
   ``memory_knockout``: the fraction of each step's sequences whose memory is never written
   (:func:`knocked_out_weights` with ``seed``); 0: off.
+  ``window_drop``: the fraction of each step's segments that do not see the previous segment
+  (:func:`kept_windows` with ``seed``), for a model that carries it; 0: off.
   """
-  cfg.num_segments(seq_len)
+  segments = cfg.num_segments(seq_len)
   loss.check_chunk(loss_chunk, cfg.segment_len)
   if global_batch % grad_accum_steps:
     raise UserError(f"global batch {global_batch} is not divisible by grad_accum_steps="
@@ -121,6 +136,9 @@ def build(cfg: ModelConfig, tx: optax.GradientTransformation, mesh, rules, globa
       weight = batch.get("memory_weight", jnp.ones_like(batch["loss_mask"]))
       batch = dict(batch, memory_weight=knocked_out_weights(weight, memory_knockout, seed,
                                                             state["step"]))
+    if window_drop:
+      batch = dict(batch, window_keep=kept_windows(global_batch, segments, window_drop, seed,
+                                                   state["step"]))
     if grad_accum_steps == 1:
       grads, sums = sums_and_grads(params, batch)
     else:
