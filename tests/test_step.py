@@ -209,7 +209,8 @@ def test_a_dropped_window_is_a_segment_start_without_the_previous_segment(memory
 def test_window_drop_trains_the_drawn_segments_without_the_previous_one():
   data = batch(seed=5)
   mask = data["loss_mask"].sum()
-  model = nnx.merge(build(cfg=WINDOW).graphdef, build(cfg=WINDOW).init(jax.random.key(0))["params"])
+  fns = build(cfg=WINDOW)
+  model = nnx.merge(fns.graphdef, fns.init(jax.random.key(0))["params"])
   keep = step.kept_windows(4, 4, 0.5, 1, jnp.int32(0))
   assert np.asarray(keep)[:, 1:].any() and not np.asarray(keep)[:, 1:].all()
   for rate, keep in ((0.5, keep), (1.0, jnp.zeros((4, 4), bool)), (0.0, None)):
