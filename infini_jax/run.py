@@ -95,15 +95,15 @@ class RunConfig:
                       "other parameters are loaded); set it or remove train.init_fresh")
     for pattern in self.init_fresh:
       check_regex(pattern, "train.init_fresh", "train.init_fresh")
-    if not 0.0 <= self.memory_knockout <= 1.0:
-      raise UserError(f"train.memory_knockout={self.memory_knockout} must be in [0, 1] (the "
-                      "fraction of training sequences whose memory is never written)")
+    for name, fraction_of in (
+        ("memory_knockout", "training sequences whose memory is never written"),
+        ("window_drop", "training segments that do not see the previous segment")):
+      if not 0.0 <= getattr(self, name) <= 1.0:
+        raise UserError(f"train.{name}={getattr(self, name)} must be in [0, 1] (the fraction "
+                        f"of {fraction_of})")
     if self.memory_knockout and self.model.memory == "none":
       raise UserError(f"train.memory_knockout={self.memory_knockout} needs a memory, but "
                       "ModelConfig.memory='none'; set ModelConfig.memory or remove it")
-    if not 0.0 <= self.window_drop <= 1.0:
-      raise UserError(f"train.window_drop={self.window_drop} must be in [0, 1] (the fraction "
-                      "of training segments that do not see the previous segment)")
     if self.window_drop and not self.model.carried_len:
       raise UserError(f"train.window_drop={self.window_drop} needs a model that carries the "
                       "previous segment, but ModelConfig.carried_len is 0; set "

@@ -69,13 +69,18 @@ def abstract_model(cfg: ModelConfig):
   return nnx.split(model, nnx.Param)
 
 
+def step_key(seed: int, step: jax.Array) -> jax.Array:
+  """The key of a training step's draws: from ``seed`` and ``step`` alone, so a resumed run draws
+  what the interrupted one would have."""
+  return jax.random.fold_in(jax.random.key(seed), step)
+
+
 def knocked_out_weights(memory_weight: jax.Array, rate: float, seed: int,
                         step: jax.Array) -> jax.Array:
   """``memory_weight [batch, seq]`` with the rows of about ``rate`` of the sequences set to 0:
-  their memory is never written (a knock-out in training). Which rows is drawn from ``seed`` and
-  ``step`` alone, so a resumed run draws what the interrupted one would have."""
-  key = jax.random.fold_in(jax.random.key(seed), step)
-  written = jax.random.bernoulli(key, 1.0 - rate, memory_weight.shape[:1])
+  their memory is never written (a knock-out in training). Which rows is drawn from
+  :func:`step_key`."""
+  written = jax.random.bernoulli(step_key(seed, step), 1.0 - rate, memory_weight.shape[:1])
   return memory_weight * written[:, None].astype(memory_weight.dtype)
 
 
@@ -83,8 +88,8 @@ def kept_windows(batch: int, segments: int, rate: float, seed: int,
                  step: jax.Array) -> jax.Array:
   """``[batch, segments]`` bool: False for about ``rate`` of the segments, which then do not see
   the previous segment (a drop of the carried window in training; the first segment has none
-  to see). Drawn from ``seed`` and ``step`` alone, apart from :func:`knocked_out_weights`'."""
-  key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), step), 1)
+  to see). Drawn from :func:`step_key`, apart from :func:`knocked_out_weights`'."""
+  key = jax.random.fold_in(step_key(seed, step), 1)
   return jax.random.bernoulli(key, 1.0 - rate, (batch, segments))
 
 
